@@ -1,0 +1,53 @@
+"""``vesuvius-pt``: the headless front end. Each sub-command lives in its own module with
+``register(subparsers)``; this module only dispatches and turns user errors into one line."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from collections.abc import Sequence
+
+from napari_vesuvius_pt import __version__
+from napari_vesuvius_pt.errors import VesuviusError
+
+# sub-command modules, in the order `--help` lists them
+COMMANDS = ("demo", "info", "synth", "convert", "pretrain", "finetune", "predict", "evaluate", "cka")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="vesuvius-pt",
+        description="Pretrain on scroll segments with VICReg, check with CKA, find ink on fragments.",
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name in COMMANDS:
+        try:
+            module = importlib.import_module(f"napari_vesuvius_pt.cli.{name}")
+        except ModuleNotFoundError as exc:  # a command still being built; never hide other import errors
+            if exc.name != f"napari_vesuvius_pt.cli.{name}":
+                raise
+            continue
+        module.register(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 2
+    try:
+        return int(args.func(args) or 0)
+    except VesuviusError as exc:
+        print(f"vesuvius-pt {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"vesuvius-pt {args.command}: stopped", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,242 @@
+"""Run configurations as dataclasses, saved as YAML beside every checkpoint.
+
+A config saved in a run folder reproduces the run: ``vesuvius-pt pretrain --config RUN/config.yaml``.
+Widgets build the same dataclasses, so the GUI and the CLI share one code path.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+import yaml
+
+from napari_vesuvius_pt.errors import ConfigError
+
+T = TypeVar("T")
+
+
+@dataclass
+class DataConfig:
+    """How every segment of a run is read: the same for training, prediction and CKA probes."""
+
+    z_range: list[int] | None = None  # [start, stop) in the file's layer indices; None = all layers
+    reverse: bool = False  # flip the depth axis (some published segments are stored reversed)
+    downsample: int = 1  # in-plane downsampling factor (the seed halves fragments to match scrolls)
+    normalization: str = "kaggle"  # none | kaggle | minmax | zscore | instance
+    normalization_params: dict[str, float] = field(default_factory=dict)  # fitted values, filled at start
+
+
+@dataclass
+class EncoderConfig:
+    name: str = "resnet18"  # resnet10 | resnet18 | resnet34 | resnet50
+    widen_factor: float = 1.0
+    in_channels: int = 1
+
+
+@dataclass
+class TileConfig:
+    depth: int = 16  # layers per tile (the z-shifted views read up to max_z_shift more)
+    size: int = 64  # in-plane tile size (pixels after downsampling)
+    stride: int = 32  # grid stride for sampling tiles
+    min_mask_fraction: float = 1.0  # fraction of the tile inside the (eroded) mask; the seed used fully inside
+
+
+@dataclass
+class AugmentConfig:
+    """The seed's recipe: z-shift, flips/rotations, shift-scale-rotate, intensity, blur/noise, holes."""
+
+    max_z_shift: int = 2  # each view starts 0..max_z_shift layers below the tile's z0
+    same_z_shift: bool = False  # both views share one offset
+    flip: bool = True
+    rotate90: bool = True
+    shift_scale_rotate: float = 0.75  # probability
+    max_shift: float = 0.15
+    max_scale: float = 0.15
+    max_rotate_deg: float = 45.0
+    grid_distortion: float = 0.3  # probability
+    brightness_contrast: float = 0.75  # probability
+    max_brightness: float = 0.2
+    max_contrast: float = 0.2
+    gamma: float = 0.3  # probability
+    noise: float = 0.4  # probability of Gaussian noise
+    noise_std: float = 0.05
+    blur: float = 0.4  # probability of Gaussian or motion blur
+    holes: int = 4  # small cut-out holes per view (up to)
+    hole_size: float = 0.06  # fraction of the tile side
+    big_holes: int = 1  # large holes per view (up to)
+    big_hole_size: float = 0.15
+
+
+@dataclass
+class VICRegConfig:
+    sim_coeff: float = 25.0
+    std_coeff: float = 25.0
+    cov_coeff: float = 1.0  # the seed's own run used 5
+    expander: list[int] = field(default_factory=lambda: [512, 256, 512])
+
+
+@dataclass
+class OptimConfig:
+    name: str = "sgd"  # sgd (Nesterov) | adamw | lars
+    lr: float = 0.05
+    weight_decay: float = 5e-5
+    momentum: float = 0.9
+    warmup_epochs: float = 1.0
+    min_lr_ratio: float = 0.01  # cosine decays to lr * min_lr_ratio
+    grad_clip: float = 3.0  # max global grad norm; 0 disables
+    accumulate: int = 1  # gradient accumulation steps
+
+
+@dataclass
+class PretrainConfig:
+    segments: list[str] = field(default_factory=list)  # scroll segments and unlabeled fragments
+    out: str = "runs/pretrain"
+    encoder: EncoderConfig = field(default_factory=EncoderConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    tile: TileConfig = field(default_factory=TileConfig)
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+    vicreg: VICRegConfig = field(default_factory=VICRegConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    epochs: int = 3
+    batch_size: int = 8
+    steps_per_epoch: int | None = None  # None: one pass over the tiles
+    mask_erosion: int = 0  # pixels the mask is eroded by before tiles are kept
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    amp: bool = True  # autocast on CUDA only
+    num_workers: int = 0  # DataLoader workers (spawn); 0 reads in the training thread
+    seed: int = 0
+    resume: str | None = None  # a run folder to continue
+
+
+@dataclass
+class FinetuneConfig:
+    fragments: list[str] = field(default_factory=list)  # training fragments (with ink labels)
+    val_fragment: str | None = None  # a whole fragment for validation, or
+    val_region: str | None = None  # a JSON/CSV of polygons on the first training fragment
+    out: str = "runs/finetune"
+    encoder_origin: str = "random"  # random | k700:FILE | RUN_FOLDER | CHECKPOINT
+    encoder: EncoderConfig = field(default_factory=EncoderConfig)
+    freeze_encoder: bool = False
+    encoder_lr_scale: float = 0.1  # encoder lr = lr * scale when not frozen
+    output_stride: int = 4
+    data: DataConfig = field(default_factory=DataConfig)
+    tile: TileConfig = field(default_factory=lambda: TileConfig(min_mask_fraction=0.5))
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+    optim: OptimConfig = field(default_factory=lambda: OptimConfig(name="adamw", lr=1e-3, weight_decay=1e-4))
+    epochs: int = 5
+    batch_size: int = 8
+    steps_per_epoch: int | None = None
+    only_ink_tiles: bool = False  # train only on tiles with some ink (the reference models did)
+    skip_empty_eval: bool = False  # evaluate only tiles with some ink (the seed did)
+    label_smoothing: float = 0.0
+    bce_weight: float = 0.5  # loss = bce_weight * BCE + (1 - bce_weight) * Dice
+    region_margin: int = 0  # extra pixels between validation polygons and training tiles
+    device: str = "auto"
+    amp: bool = True
+    num_workers: int = 0
+    seed: int = 0
+    resume: str | None = None
+
+
+@dataclass
+class PredictConfig:
+    checkpoints: list[str] = field(default_factory=list)  # one output array per checkpoint
+    segment: str = ""
+    out: str = "prediction.zarr"
+    region: str | None = None  # polygons JSON/CSV: predict only there
+    stride: int | None = None  # None: tile size - 2 * edge (kept centres tile the plane exactly)
+    edge: int = 8  # pixels dropped at each side of a tile's prediction (full resolution)
+    weighting: str = "mean"  # mean | gaussian
+    batch_size: int = 8
+    device: str = "auto"
+    data: DataConfig | None = None  # None: the checkpoint's own
+    dtype: str = "float16"  # float16 | uint8 (probability * 255)
+    full_resolution: bool = False  # upsample the reduced-size output when writing
+    resume: bool = True
+
+
+@dataclass
+class CKAConfig:
+    sources: list[str] = field(default_factory=list)  # run folders, checkpoints, random, k700:FILE
+    segment: str = ""
+    out: str = "cka"
+    tiles: int = 256  # probe tiles
+    layer: str = "pooled"  # pooled | layer1 | layer2 | layer3 | layer4
+    data: DataConfig | None = None
+    tile: TileConfig | None = None
+    threshold: float = 0.5  # RBF bandwidth: sigma^2 = threshold^2 * median squared distance
+    debiased: bool = False
+    batch_size: int = 16
+    device: str = "auto"
+    seed: int = 0
+
+
+# ---------------------------------------------------------------- (de)serialization
+
+
+def to_dict(cfg: Any) -> dict[str, Any]:
+    return dataclasses.asdict(cfg)
+
+
+def _convert(tp: Any, value: Any, where: str) -> Any:
+    if value is None:
+        return None
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        return _convert(args[0], value, where) if len(args) == 1 else value
+    if dataclasses.is_dataclass(tp):
+        if not isinstance(value, dict):
+            raise ConfigError(f"{where}: expected a mapping, got {value!r}")
+        return from_dict(tp, value, where)
+    if origin in (list, tuple):
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{where}: expected a list, got {value!r}")
+        (inner,) = typing.get_args(tp)[:1] or (Any,)
+        return [_convert(inner, v, where) for v in value]
+    if tp is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if tp in (int, float, str, bool) and not isinstance(value, tp):
+        raise ConfigError(f"{where}: expected {tp.__name__}, got {value!r}")
+    return value
+
+
+def from_dict(cls: type[T], data: dict[str, Any], where: str = "config") -> T:
+    """Build ``cls`` from a (possibly partial) mapping; unknown keys are an error, not silently dropped."""
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - names)
+    if unknown:
+        raise ConfigError(f"{where}: unknown option(s) {', '.join(unknown)}; known: {', '.join(sorted(names))}")
+    kwargs = {k: _convert(hints[k], v, f"{where}.{k}") for k, v in data.items()}
+    return cls(**kwargs)
+
+
+def save_config(cfg: Any, path: str | Path) -> None:
+    from napari_vesuvius_pt._atomic import atomic_write_text
+
+    header = f"# {type(cfg).__name__} written by napari-vesuvius-pt; reproduce with the CLI's --config\n"
+    atomic_write_text(path, header + yaml.safe_dump(to_dict(cfg), sort_keys=False))
+
+
+def load_config(cls: type[T], path: str | Path) -> T:
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file not found: {path}")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path} is not valid YAML: {exc}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a mapping of options")
+    return from_dict(cls, data, where=str(path))
+
+
+def merge(cfg: T, **overrides: Any) -> T:
+    """A copy of ``cfg`` with the non-None overrides applied (CLI flags over a YAML config)."""
+    return dataclasses.replace(cfg, **{k: v for k, v in overrides.items() if v is not None})
