@@ -59,10 +59,13 @@ class AugmentConfig:
     max_scale: float = 0.15
     max_rotate_deg: float = 45.0
     grid_distortion: float = 0.3  # probability
+    grid_steps: int = 5  # cells per axis of the grid distortion
+    grid_limit: float = 0.3  # each cell's size changes by up to this fraction
     brightness_contrast: float = 0.75  # probability
     max_brightness: float = 0.2
     max_contrast: float = 0.2
     gamma: float = 0.3  # probability
+    max_gamma: float = 0.2  # gamma drawn in [1 - max_gamma, 1 + max_gamma]
     noise: float = 0.4  # probability of Gaussian noise
     noise_std: float = 0.05
     blur: float = 0.4  # probability of Gaussian or motion blur
@@ -108,7 +111,8 @@ class PretrainConfig:
     mask_erosion: int = 0  # pixels the mask is eroded by before tiles are kept
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     amp: bool = True  # autocast on CUDA only
-    num_workers: int = 0  # DataLoader workers (spawn); 0 reads in the training thread
+    num_workers: int = 0  # DataLoader workers (spawn); 0 reads in the training process
+    prefetch: int = 2  # with num_workers 0: batches read ahead in a background thread (0: read in the loop)
     seed: int = 0
     resume: str | None = None  # a run folder to continue
 
@@ -138,9 +142,10 @@ class FinetuneConfig:
     region_margin: int = 0  # extra pixels between validation polygons and training tiles
     device: str = "auto"
     amp: bool = True
-    num_workers: int = 0
+    num_workers: int = 0  # DataLoader workers (spawn); 0 reads in the training process
+    prefetch: int = 2  # with num_workers 0: batches read ahead in a background thread (0: read in the loop)
     seed: int = 0
-    resume: str | None = None
+    resume: str | None = None  # a run folder to continue
 
 
 @dataclass
@@ -158,6 +163,10 @@ class PredictConfig:
     dtype: str = "float16"  # float16 | uint8 (probability * 255)
     full_resolution: bool = False  # upsample the reduced-size output when writing
     resume: bool = True
+    names: list[str] | None = None  # one array name per checkpoint; None: run folder name or file stem
+    z0: int | None = None  # first layer of each tile; None: centred in the segment's layers
+    chunk: int = 256  # output chunk side (stored pixels), rounded to whole tile-row strides in y
+    amp: bool = True  # bfloat16 autocast on CUDA only
 
 
 @dataclass

@@ -1,0 +1,6 @@
+"""Segments on disk (lazy volumes, masks, ink labels), normalizations and synthetic fragments. No Qt."""
+
+from napari_vesuvius_pt.data.segment import LazyVolume, Segment, open_from_config, open_segment
+from napari_vesuvius_pt.errors import SegmentError
+
+__all__ = ["LazyVolume", "Segment", "SegmentError", "open_from_config", "open_segment"]

@@ -1,0 +1,79 @@
+"""``vesuvius-pt predict``: tiled ink prediction of one or more checkpoints over a segment, into one zarr.
+
+Ctrl-C stops between batches; the bands written so far stay, and the same command resumes after them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+from napari_vesuvius_pt.cli._progress import drive
+from napari_vesuvius_pt.config import PredictConfig, load_config, merge
+from napari_vesuvius_pt.engine.predict import predict
+from napari_vesuvius_pt.engine.prediction_store import ENCODINGS, open_prediction
+from napari_vesuvius_pt.engine.tiling import WEIGHTINGS
+from napari_vesuvius_pt.errors import ConfigError
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser(
+        "predict", help="tiled ink prediction over a segment, one array per checkpoint",
+        description="Slide each checkpoint's tile over the segment (inside its mask or a region), keep the "
+                    "centre of each tile's prediction, and stream the result into one zarr group with one "
+                    "array per checkpoint (float16 probabilities, or uint8 = probability x 255). A stopped "
+                    "prediction resumes where it stopped.")
+    p.add_argument("--checkpoint", action="append", metavar="CKPT", default=None,
+                   help="fine-tuning checkpoint or run folder; repeat to compare encoders")
+    p.add_argument("--name", action="append", metavar="NAME", default=None,
+                   help="array name per --checkpoint, in order (default: run folder name or file stem)")
+    p.add_argument("--segment", metavar="PATH", help="segment folder, multi-page TIFF or zarr")
+    p.add_argument("--out", metavar="PRED.zarr", help="output zarr group (default prediction.zarr)")
+    p.add_argument("--region", metavar="FILE", help="JSON or napari Shapes CSV polygons: predict only there")
+    p.add_argument("--stride", type=int, metavar="N", help="tile stride (default: tile size - 2 x edge)")
+    p.add_argument("--edge", type=int, metavar="M", help="pixels dropped at each side of a tile's prediction "
+                                                         "(full resolution; default 8)")
+    p.add_argument("--batch-size", type=int, metavar="N")
+    p.add_argument("--weighting", choices=WEIGHTINGS, help="blend overlaps by mean (default) or Gaussian weights")
+    p.add_argument("--device", metavar="DEV", help="auto | cpu | cuda | cuda:N")
+    p.add_argument("--full-resolution", action="store_true", default=None,
+                   help="upsample the reduced-size output to the segment's resolution when writing")
+    p.add_argument("--dtype", choices=tuple(ENCODINGS), help="float16 probabilities (default) or uint8 x 255")
+    p.add_argument("--z0", type=int, metavar="Z", help="first layer of each tile (default: centred)")
+    p.add_argument("--no-resume", dest="resume", action="store_false", default=None,
+                   help="start over instead of resuming an interrupted prediction in --out")
+    p.add_argument("--config", metavar="YAML", help="a PredictConfig file; flags override it")
+    p.add_argument("--json", action="store_true", help="print the summary as JSON")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=run)
+
+
+def config_from_args(args: argparse.Namespace) -> PredictConfig:
+    cfg = load_config(PredictConfig, args.config) if args.config else PredictConfig()
+    cfg = merge(cfg, checkpoints=args.checkpoint, names=args.name, segment=args.segment, out=args.out,
+                region=args.region, stride=args.stride, edge=args.edge, batch_size=args.batch_size,
+                weighting=args.weighting, device=args.device, full_resolution=args.full_resolution,
+                dtype=args.dtype, z0=args.z0, resume=args.resume)
+    if not cfg.checkpoints:
+        raise ConfigError("give at least one --checkpoint CKPT (a fine-tuning checkpoint or run folder)")
+    if not cfg.segment:
+        raise ConfigError("give --segment PATH")
+    return cfg
+
+
+def run(args: argparse.Namespace) -> int:
+    cfg = config_from_args(args)
+    finished = drive(predict(cfg), "predict", quiet=args.quiet)
+    if finished is None:
+        return 130
+    if args.json:
+        print(json.dumps(finished.summary, default=str))
+        return 0
+    store = open_prediction(cfg.out)
+    print(f"wrote {cfg.out} ({finished.summary['segment']}, {finished.summary['seconds']:.1f} s)")
+    for name in finished.summary["encoders"]:
+        info = store.info(name)
+        shape = " x ".join(map(str, store.array(name).shape))
+        print(f"  {name}: {shape} {info['encoding']}, {info['scale'][0]:g} segment pixels per value, "
+              f"{info['tiles_total']} tiles  <- {info['checkpoint']}")
+    return 0

@@ -1,0 +1,328 @@
+"""Tiled inference over whole segments, streamed to a zarr store, resumable.
+
+``predict(cfg)`` slides each checkpoint's tile over the segment inside its mask (or a region), keeps
+the centre of each tile's prediction (``edge`` pixels dropped at each side; the segment's own border is
+padded by reflection), blends overlaps (mean, or Gaussian weights normalized by their sum), and writes
+each band of output chunk rows as soon as no later tile touches it. Memory holds one band of output
+rows and a couple of batches of tiles, whatever the segment's size. Several checkpoints give one array
+each in the same group (see ``prediction_store``), named after their run folder or file.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import time
+from collections.abc import Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from napari_vesuvius_pt.config import DataConfig, PredictConfig, TileConfig, from_dict, to_dict
+from napari_vesuvius_pt.engine.device import describe_device, release_device_memory, resolve_device
+from napari_vesuvius_pt.engine.events import Event, Failed, Finished, Started, TilesDone
+from napari_vesuvius_pt.engine.prediction_store import ENCODINGS, PredictionStore, SegmentInfo, encode
+from napari_vesuvius_pt.engine.tiling import (
+    WEIGHTINGS,
+    RowBandAccumulator,
+    TileLayout,
+    make_layout,
+    plan_tiles,
+    read_padded,
+    region_mask,
+    weight_map,
+)
+from napari_vesuvius_pt.errors import ConfigError, SegmentError
+
+
+@dataclass
+class InkPredictor:
+    """A model ready to predict: maps ``(B, 1, depth, size, size)`` tiles to ``(B, 1, size/r, size/r)``
+    ink logits, with the tile and data settings it was trained with."""
+
+    name: str
+    model: torch.nn.Module
+    output_stride: int
+    tile: TileConfig
+    data: DataConfig
+    checkpoint: str = ""
+
+
+def checkpoint_label(path: str | Path) -> str:
+    """A short name for a checkpoint: its run folder's name (``RUN/last.pt``, ``RUN/checkpoints/x.pt``,
+    ``RUN/``), else the file's stem."""
+    p = Path(path)
+    if p.is_dir():
+        label = p.resolve().name
+    elif p.parent.name == "checkpoints" and p.parent.parent.name:
+        label = p.parent.parent.name
+    elif p.name == "last.pt" and p.parent.name:
+        label = p.resolve().parent.name
+    else:
+        label = p.stem
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", label).strip("._") or "prediction"
+
+
+def _unique(names: Sequence[str]) -> list[str]:
+    seen: dict[str, int] = {}
+    out = []
+    for name in names:
+        seen[name] = seen.get(name, 0) + 1
+        out.append(name if seen[name] == 1 else f"{name}-{seen[name]}")
+    return out
+
+
+def load_predictor(path: str | Path, name: str | None = None, data: DataConfig | None = None) -> InkPredictor:
+    """An ``InkPredictor`` from a fine-tuning checkpoint (or run folder); ``data`` overrides the
+    checkpoint's own data settings."""
+    from napari_vesuvius_pt.models.checkpoint import ink_model_from_checkpoint
+
+    model, payload = ink_model_from_checkpoint(path)
+    tile = from_dict(TileConfig, dict(payload.get("tile") or {}), where=f"{path}: tile")
+    own_data = from_dict(DataConfig, dict(payload.get("data") or {}), where=f"{path}: data")
+    stride = int(payload.get("output_stride") or getattr(model, "output_stride", 1))
+    return InkPredictor(name or checkpoint_label(path), model, stride, tile, data or own_data, str(path))
+
+
+def _check(cfg: PredictConfig) -> None:
+    if cfg.weighting not in WEIGHTINGS:
+        raise ConfigError(f"unknown weighting {cfg.weighting!r}; use one of {', '.join(WEIGHTINGS)}")
+    if cfg.dtype not in ENCODINGS:
+        raise ConfigError(f"unknown prediction dtype {cfg.dtype!r}; use one of {', '.join(ENCODINGS)}")
+    if cfg.batch_size < 1:
+        raise ConfigError(f"batch size must be at least 1, got {cfg.batch_size}")
+    if cfg.chunk < 1:
+        raise ConfigError(f"chunk must be at least 1 pixel, got {cfg.chunk}")
+    if not cfg.segment:
+        raise ConfigError("no segment to predict on: give --segment PATH")
+
+
+def _jsonable(obj: Any) -> Any:
+    return json.loads(json.dumps(obj, default=str))
+
+
+@dataclass
+class _Job:
+    """One encoder's pass: its predictor, the segment read its way, and the tile plan."""
+
+    predictor: InkPredictor
+    segment: Any
+    normalizer: Any
+    layout: TileLayout
+    positions: np.ndarray  # (N, 2) tile starts, row by row
+    z0: int
+
+
+def _open_segments(cfg: PredictConfig, predictors: Sequence[InkPredictor]) -> list[tuple[Any, Any]]:
+    """(segment, normalizer) per predictor; predictors that read the segment alike share one."""
+    from napari_vesuvius_pt.data.normalize import normalizer_from_config
+    from napari_vesuvius_pt.data.segment import open_from_config
+
+    cache: dict[str, Any] = {}
+    out = []
+    for p in predictors:
+        key = json.dumps(to_dict(p.data), sort_keys=True)
+        if key not in cache:
+            cache[key] = open_from_config(cfg.segment, p.data)
+        segment = cache[key]
+        out.append((segment, normalizer_from_config(p.data, segment)))
+    return out
+
+
+def _where(cfg: PredictConfig, segment: Any, polygons: list[np.ndarray] | None) -> np.ndarray:
+    where = np.asarray(segment.papyrus_mask(), dtype=bool)
+    if polygons is not None:
+        where = where & region_mask(polygons, where.shape, int(getattr(segment, "downsample", 1) or 1), segment.name)
+        if not where.any():
+            raise SegmentError(f"region {cfg.region} covers no papyrus of {segment.name}: it lies outside the "
+                               f"segment's mask; draw it on the papyrus")
+    elif not where.any():
+        raise SegmentError(f"the mask of {segment.name} is empty: nothing to predict")
+    return where
+
+
+def _plan(cfg: PredictConfig, predictor: InkPredictor, segment: Any, normalizer: Any,
+          polygons: list[np.ndarray] | None) -> _Job:
+    depth, layers = int(predictor.tile.depth), int(segment.shape[0])
+    if depth > layers:
+        raise ConfigError(
+            f"{predictor.name}: the checkpoint reads tiles of {depth} layers, but {segment.name} has {layers} "
+            f"layers (z range {predictor.data.z_range or 'all'}); open it with at least {depth} layers "
+            f"(data z_range) or use a checkpoint trained on {layers} layers or fewer")
+    if cfg.z0 is None:
+        z0 = (layers - depth) // 2
+    elif 0 <= cfg.z0 <= layers - depth:
+        z0 = int(cfg.z0)
+    else:
+        raise ConfigError(f"z0 {cfg.z0} puts a {depth}-layer tile outside {segment.name}'s {layers} layers; "
+                          f"use 0..{layers - depth}")
+    layout = make_layout(segment.shape[1:], predictor.tile.size, cfg.edge, cfg.stride, predictor.output_stride)
+    positions = plan_tiles(layout, _where(cfg, segment, polygons))
+    return _Job(predictor, segment, normalizer, layout, positions, z0)
+
+
+def _chunk_rows_out(layout: TileLayout, up: int, target: int) -> int:
+    """Output rows per chunk row: a whole number of tile-row strides, about ``target`` stored pixels,
+    so with the default stride each band of tile rows finishes whole chunk rows."""
+    step = layout.stride_out
+    return max(1, round(target / (step * up))) * step
+
+
+def _read_batch(job: _Job, positions: np.ndarray) -> np.ndarray:
+    depth, size = int(job.predictor.tile.depth), job.layout.size
+    volume, z0, plane = job.segment.volume, job.z0, job.layout.plane
+    tiles = np.empty((len(positions), 1, depth, size, size), np.float32)
+    for i, (y0, x0) in enumerate(positions):
+        raw = read_padded(lambda ys, xs: volume[z0:z0 + depth, ys, xs], int(y0), int(x0), size, plane)
+        tiles[i, 0] = job.normalizer(raw)
+    return tiles
+
+
+def _run_model(model: torch.nn.Module, tiles: np.ndarray, device: torch.device, amp: bool,
+               size_out: int, name: str) -> np.ndarray:
+    x = torch.from_numpy(tiles).to(device, non_blocking=True)
+    with torch.inference_mode(), torch.autocast(device.type, dtype=torch.bfloat16,
+                                                enabled=amp and device.type == "cuda"):
+        logits = model(x)
+    expected = (len(tiles), 1, size_out, size_out)
+    if tuple(logits.shape) != expected:
+        raise ConfigError(f"{name}: the model gave an output of shape {tuple(logits.shape)} for tiles "
+                          f"{tuple(tiles.shape)}; expected {expected} (its output stride does not match)")
+    return torch.sigmoid(logits.float())[:, 0].cpu().numpy()
+
+
+def _run_job(cfg: PredictConfig, job: _Job, store: PredictionStore, device: torch.device,
+             region_hash: str | None) -> Iterator[Event]:
+    """Predict one encoder into its array; yields ``TilesDone`` per batch. Returns its summary."""
+    p, layout = job.predictor, job.layout
+    r = layout.out_stride
+    up = r if cfg.full_resolution else 1
+    h_out, w_out = layout.out_shape
+    stored_shape = (layout.plane[0], layout.plane[1]) if up > 1 else (h_out, w_out)
+    ch_out = _chunk_rows_out(layout, up, cfg.chunk)
+    chunks = (min(ch_out * up, stored_shape[0]), min(cfg.chunk, stored_shape[1]))
+    grid = 1 if up > 1 else r  # plane pixels per stored pixel
+    ds = int(getattr(job.segment, "downsample", 1) or 1)
+    scale = float(grid * ds)
+    run = _jsonable({
+        "checkpoint": p.checkpoint, "tile": to_dict(p.tile), "data": to_dict(p.data),
+        "output_stride": r, "edge": layout.edge, "stride": layout.stride, "weighting": cfg.weighting,
+        "dtype": cfg.dtype, "full_resolution": bool(cfg.full_resolution), "z0": job.z0, "region": region_hash,
+        "chunk": cfg.chunk,
+    })
+    attrs = _jsonable({
+        "encoder": p.name, "checkpoint": p.checkpoint, "config": to_dict(cfg), "tile": to_dict(p.tile),
+        "data": to_dict(p.data), "output_stride": r, "plane_scale": grid, "scale": [scale, scale],
+        "translate": [(scale - 1) / 2, (scale - 1) / 2], "tiles_total": len(job.positions),
+        "segment": SegmentInfo.from_segment(job.segment).to_dict(),
+    })
+    writer = store.start_array(p.name, stored_shape, chunks, cfg.dtype, attrs, run, resume=cfg.resume)
+    total = len(job.positions)
+    summary = {"array": str(store.path / p.name), "tiles": total, "resumed_at": 0, "complete": False}
+    if writer.complete:
+        summary.update(resumed_at=total, complete=True)
+        yield TilesDone(p.name, total, total)
+        return summary
+
+    tops = (job.positions[:, 0] + layout.edge) // r
+    start_row = writer.done_chunk_rows * ch_out
+    first = int(np.searchsorted(tops + layout.kept_out, start_row, side="right"))
+    summary["resumed_at"] = first
+    n_chunk_rows = -(-h_out // ch_out)
+    acc = RowBandAccumulator(w_out, h_out, start=start_row)
+    weights = weight_map(cfg.weighting, layout.kept_out)
+    model = p.model.to(device).eval()
+    batch = cfg.batch_size
+    starts = list(range(first, total, batch))
+    yield TilesDone(p.name, first, total)
+    t0 = time.perf_counter()
+    pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="predict-read")
+    try:
+        pending = pool.submit(_read_batch, job, job.positions[first:first + batch]) if starts else None
+        for i, b0 in enumerate(starts):
+            b1 = min(b0 + batch, total)
+            tiles = pending.result()
+            if i + 1 < len(starts):  # read the next batch while the model runs on this one
+                pending = pool.submit(_read_batch, job, job.positions[b1:b1 + batch])
+            probs = _run_model(model, tiles, device, cfg.amp, layout.size_out, p.name)
+            for (y0, x0), prob in zip(job.positions[b0:b1], probs):
+                oy, ox = layout.kept_origin_out(int(y0), int(x0))
+                acc.add(layout.crop_kept(prob), weights, oy, ox)
+            finished = n_chunk_rows if b1 == total else int(tops[b1]) // ch_out
+            if finished > writer.done_chunk_rows:
+                values, _ = acc.pop(finished * ch_out)
+                block = encode(values, cfg.dtype)
+                if up > 1:
+                    block = block.repeat(up, axis=0).repeat(up, axis=1)[:, :stored_shape[1]]
+                    block = block[:max(0, stored_shape[0] - writer.done_chunk_rows * chunks[0])]
+                writer.write_band(block)
+            yield TilesDone(p.name, b1, total, (b1 - first) / max(time.perf_counter() - t0, 1e-9))
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
+    writer.finish()
+    summary["complete"] = True
+    return summary
+
+
+def predict(cfg: PredictConfig, predictors: Sequence[InkPredictor] | None = None) -> Iterator[Event]:
+    """Run tiled inference of each checkpoint (or of ``predictors``, already loaded) over the segment.
+
+    Yields ``Started``, ``TilesDone`` per batch (per encoder), then ``Finished`` with the store's path
+    and each array's. Closing the generator stops between batches; what is written stays, and the next
+    run with the same settings resumes after the last finished band.
+    """
+    _check(cfg)
+    device = resolve_device(cfg.device)
+    if predictors is None:
+        if not cfg.checkpoints:
+            raise ConfigError("no checkpoint to predict with: give --checkpoint CKPT (one or more)")
+        names = cfg.names or [checkpoint_label(c) for c in cfg.checkpoints]
+        if len(names) != len(cfg.checkpoints):
+            raise ConfigError(f"{len(names)} names given for {len(cfg.checkpoints)} checkpoints")
+        predictors = [load_predictor(c, n, cfg.data) for c, n in zip(cfg.checkpoints, _unique(names))]
+    elif len({p.name for p in predictors}) != len(predictors):
+        raise ConfigError(f"predictor names must differ: {[p.name for p in predictors]}")
+
+    polygons = None
+    region_hash = None
+    if cfg.region:
+        from napari_vesuvius_pt.data.tiles import load_regions
+
+        polygons = [np.asarray(poly, dtype=np.float64) for poly in load_regions(cfg.region)]
+        region_hash = hashlib.sha1(b"".join(poly.tobytes() for poly in polygons)).hexdigest()[:16]
+    opened = _open_segments(cfg, predictors)
+    planes = {tuple(seg.shape[1:]) for seg, _ in opened}
+    if len(planes) > 1:
+        raise ConfigError(f"the checkpoints read {cfg.segment} at different in-plane sizes {sorted(planes)} "
+                          f"(different downsample); predict them into separate --out stores")
+    jobs = [_plan(cfg, p, seg, norm, polygons) for p, (seg, norm) in zip(predictors, opened)]
+    store = PredictionStore.create(cfg.out, SegmentInfo.from_segment(jobs[0].segment))
+
+    yield Started(run_dir=Path(cfg.out), device=describe_device(device),
+                  total_steps=sum(len(j.positions) for j in jobs))
+    t0 = time.perf_counter()
+    summaries: dict[str, Any] = {}
+    try:
+        for job in jobs:
+            try:
+                summaries[job.predictor.name] = yield from _run_job(cfg, job, store, device, region_hash)
+            except torch.cuda.OutOfMemoryError:
+                release_device_memory(device)
+                yield Failed(f"{job.predictor.name}: out of GPU memory at batch size {cfg.batch_size}; "
+                             f"try --batch-size {max(1, cfg.batch_size // 2)} (finished bands are kept: "
+                             f"the next run resumes)")
+                return
+    except GeneratorExit:  # the consumer stopped: finished bands are written and recorded
+        return
+    finally:
+        release_device_memory(device)
+    yield Finished(run_dir=Path(cfg.out), summary={
+        "out": str(cfg.out), "segment": jobs[0].segment.name, "encoders": summaries,
+        "arrays": {name: s["array"] for name, s in summaries.items()},
+        "seconds": time.perf_counter() - t0,
+    })

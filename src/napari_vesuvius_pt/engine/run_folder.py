@@ -1,0 +1,161 @@
+"""One run on disk: ``config.yaml``, ``checkpoints/epoch_NNN.pt``, ``last.pt``, ``metrics.jsonl``.
+
+Every file is written atomically (a temporary file beside it, then a rename), so a crash or a stop
+never leaves half a checkpoint. ``checkpoints/epoch_NNN.pt`` holds each completed epoch and is never
+overwritten by a later stop; ``last.pt`` is the newest state: the last completed epoch, or the step a
+stopped run reached inside the next one (its payload's ``step`` > 0), from which ``--resume`` continues.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from pathlib import Path
+from typing import Any
+
+from napari_vesuvius_pt._atomic import atomic_write_text
+from napari_vesuvius_pt.config import save_config
+from napari_vesuvius_pt.errors import RunError
+
+CONFIG = "config.yaml"
+LAST = "last.pt"
+METRICS = "metrics.jsonl"
+CHECKPOINTS = "checkpoints"
+_EPOCH_FILE = re.compile(r"^epoch_(\d+)\.pt$")
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    if hasattr(value, "item") and callable(value.item):  # numpy / torch scalars
+        return _jsonable(value.item())
+    return value
+
+
+class RunFolder:
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path).expanduser()
+
+    def __repr__(self) -> str:
+        return f"RunFolder({str(self.path)!r})"
+
+    @property
+    def config_path(self) -> Path:
+        return self.path / CONFIG
+
+    @property
+    def last_path(self) -> Path:
+        return self.path / LAST
+
+    @property
+    def metrics_path(self) -> Path:
+        return self.path / METRICS
+
+    def epoch_path(self, epoch: int) -> Path:
+        return self.path / CHECKPOINTS / f"epoch_{int(epoch):03d}.pt"
+
+    # ------------------------------------------------------------ writing
+
+    def create(self, config: Any, fresh: bool = True) -> None:
+        """Make the folder and write ``config.yaml``. A fresh run refuses a folder that already holds one."""
+        if fresh and (self.last_path.exists() or self.epoch_checkpoints()):
+            raise RunError(
+                f"run folder {self.path} already holds checkpoints; choose another --out, "
+                f"or continue it with --resume {self.path}"
+            )
+        try:
+            (self.path / CHECKPOINTS).mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise RunError(f"cannot create the run folder {self.path}: {exc.strerror or exc}") from None
+        save_config(config, self.config_path)
+        if fresh and self.metrics_path.exists():
+            self.metrics_path.unlink()
+
+    def save(self, payload: dict[str, Any], completed_epoch: bool) -> Path:
+        """Write ``payload`` as ``last.pt``, and as ``checkpoints/epoch_NNN.pt`` for a completed epoch.
+
+        Returns the epoch file for a completed epoch, else ``last.pt``.
+        """
+        from napari_vesuvius_pt.models.checkpoint import save_checkpoint
+
+        target = self.last_path
+        if completed_epoch:
+            target = save_checkpoint(self.epoch_path(int(payload["epoch"])), payload)
+        save_checkpoint(self.last_path, payload)
+        return target
+
+    def append_metrics(self, record: dict[str, Any]) -> None:
+        """Append one JSON line (rewritten atomically, so a crash never leaves half a line)."""
+        lines = self.metrics_path.read_text().splitlines() if self.metrics_path.exists() else []
+        lines.append(json.dumps(_jsonable(record)))
+        atomic_write_text(self.metrics_path, "\n".join(lines) + "\n")
+
+    def truncate_metrics(self, after_epoch: int) -> None:
+        """Keep only the metric lines of epochs up to ``after_epoch`` (resuming from an earlier checkpoint)."""
+        records = self.metrics()
+        kept = [r for r in records if int(r.get("epoch", 0)) <= after_epoch]
+        if len(kept) != len(records):
+            atomic_write_text(self.metrics_path, "".join(json.dumps(r) + "\n" for r in kept))
+
+    # ------------------------------------------------------------ reading
+
+    def metrics(self) -> list[dict[str, Any]]:
+        if not self.metrics_path.exists():
+            return []
+        out = []
+        for line in self.metrics_path.read_text().splitlines():
+            line = line.strip()
+            if line:
+                try:
+                    out.append(json.loads(line))
+                except json.JSONDecodeError:
+                    continue
+        return out
+
+    def epoch_checkpoints(self) -> list[Path]:
+        """``checkpoints/epoch_NNN.pt`` files in epoch order."""
+        folder = self.path / CHECKPOINTS
+        if not folder.is_dir():
+            return []
+        found = [(int(m.group(1)), p) for p in folder.iterdir() if (m := _EPOCH_FILE.match(p.name))]
+        return [p for _, p in sorted(found)]
+
+    def latest_checkpoint(self) -> Path | None:
+        """``last.pt`` (the newest state, possibly mid-epoch), else the newest epoch file, else None."""
+        if self.last_path.is_file():
+            return self.last_path
+        epochs = self.epoch_checkpoints()
+        return epochs[-1] if epochs else None
+
+    def load_latest(self, kind: str) -> tuple[Path, dict[str, Any]]:
+        """The newest checkpoint and its payload, for ``--resume``; RunError when there is none to resume."""
+        from napari_vesuvius_pt.errors import WeightsError
+        from napari_vesuvius_pt.models.checkpoint import load_checkpoint
+
+        if not self.path.is_dir():
+            raise RunError(f"cannot resume: run folder {self.path} does not exist")
+        path = self.latest_checkpoint()
+        if path is None:
+            raise RunError(
+                f"cannot resume: {self.path} holds no checkpoint yet (no last.pt, no checkpoints/epoch_*.pt); "
+                "start a new run instead"
+            )
+        try:
+            payload = load_checkpoint(path)
+        except WeightsError as exc:
+            epochs = self.epoch_checkpoints()
+            if path == self.last_path and epochs:  # a damaged last.pt: fall back to the last completed epoch
+                path = epochs[-1]
+                payload = load_checkpoint(path)
+            else:
+                raise RunError(f"cannot resume from {path}: {exc}") from None
+        if payload.get("kind") != kind:
+            raise RunError(
+                f"cannot resume: {path} is a {payload.get('kind')!r} checkpoint, not a {kind!r} one"
+            )
+        return path, payload

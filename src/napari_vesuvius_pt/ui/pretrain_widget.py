@@ -1,0 +1,148 @@
+"""Pretrain dock widget: VICReg pretraining of a 3D ResNet on scroll segments, in the background.
+
+Shows the VICReg loss and its three terms per step, and the collapse monitor (embedding standard
+deviation and effective rank of the embeddings) per epoch. Stop leaves a checkpoint in the run folder.
+"""
+
+from __future__ import annotations
+
+import shlex
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+from qtpy.QtWidgets import QCheckBox, QWidget
+
+from napari_vesuvius_pt.config import AugmentConfig, DataConfig, EncoderConfig, OptimConfig, PretrainConfig, TileConfig
+from napari_vesuvius_pt.data.normalize import NORMALIZATIONS
+from napari_vesuvius_pt.engine.events import EpochDone, Event, StepDone
+from napari_vesuvius_pt.errors import ConfigError
+from napari_vesuvius_pt.models.encoder import ENCODER_NAMES
+from napari_vesuvius_pt.ui.device_choice import DeviceChoice
+from napari_vesuvius_pt.ui.fields import FILE_OR_FOLDER, FOLDER, PathField, PathList, combo, dspin, hrow, next_free_folder, spin
+from napari_vesuvius_pt.ui.job_panel import JobWidget
+from napari_vesuvius_pt.ui.plots import LivePlot, Panel
+
+OPTIMIZERS = ("sgd", "adamw", "lars")
+TERMS = ("invariance", "variance", "covariance")
+DEFAULT_RUN = Path.home() / "vesuvius-runs" / "pretrain"
+
+
+class PretrainWidget(JobWidget):
+    title = "Pretrain"
+    cli_name = "pretrain"
+
+    def __init__(self, napari_viewer, parent: QWidget | None = None) -> None:
+        super().__init__(napari_viewer, parent)
+        d = PretrainConfig()
+        self.segments = PathList(FILE_OR_FOLDER, title="Add a scroll segment or fragment")
+        self.segments.setToolTip("Unlabeled scroll segments (and fragments, whose labels are not used)")
+        self.encoder = combo(ENCODER_NAMES, d.encoder.name, "3D ResNet trunk (MONAI)")
+        self.widen = dspin(0.125, 4.0, d.encoder.widen_factor, 3, 0.125, "Width multiplier of every stage")
+        self.tile_depth = spin(4, 128, d.tile.depth, "Layers per tile")
+        self.tile_size = spin(16, 512, d.tile.size, "Tile side in pixels")
+        self.tile_stride = spin(4, 512, d.tile.stride, "Grid stride of the tiles")
+        self.epochs = spin(1, 10_000, d.epochs)
+        self.batch_size = spin(2, 4096, d.batch_size, "VICReg needs at least 2 samples per batch")
+        self.steps = spin(0, 1_000_000, 0, "Steps per epoch; 0 = one pass over the tiles")
+        self.steps.setSpecialValueText("one pass over the tiles")
+        self.optimizer = combo(OPTIMIZERS, d.optim.name)
+        self.lr = dspin(1e-6, 10.0, d.optim.lr, 5, 0.005)
+        self.z_shift = spin(0, 16, d.augment.max_z_shift, "Each view starts up to this many layers deeper")
+        self.holes = spin(0, 32, d.augment.holes, "Small cut-out holes per view (up to)")
+        self.big_holes = spin(0, 8, d.augment.big_holes, "Large cut-out holes per view (up to)", suffix=" large")
+        self.holes.setSuffix(" small")
+        self.normalization = combo(NORMALIZATIONS, d.data.normalization, "Intensity normalization of the tiles")
+        self.device = DeviceChoice()
+        self.run_folder = PathField(FOLDER, "run folder", title="Run folder")
+        self.run_folder.set_text(str(next_free_folder(DEFAULT_RUN)))
+        self.resume = QCheckBox("continue the run in this folder")
+        self.resume.setToolTip("Resume from the folder's last checkpoint (same as --resume RUN)")
+
+        f = self.form
+        f.addRow("segments", self.segments)
+        f.addRow("encoder", hrow(self.encoder, "width ×", self.widen))
+        f.addRow("tile", hrow(self.tile_depth, "×", self.tile_size, "stride", self.tile_stride))
+        f.addRow("epochs", hrow(self.epochs, "batch", self.batch_size))
+        f.addRow("steps", self.steps)
+        f.addRow("optimizer", hrow(self.optimizer, "lr", self.lr))
+        f.addRow("z-shift", hrow(self.z_shift, "holes", self.holes, "+", self.big_holes))
+        f.addRow("normalize", self.normalization)
+        f.addRow("device", self.device)
+        f.addRow("run folder", self.run_folder)
+        f.addRow("", self.resume)
+
+        self.loss_plot = LivePlot(
+            [Panel("VICReg loss", ["loss"]), Panel("loss terms", TERMS, log=True)], xlabel="step")
+        self.collapse_plot = LivePlot(
+            [Panel("collapse monitor", ["embedding_std"], ylabel="std",
+                   secondary=["effective_rank"], secondary_label="effective rank")],
+            xlabel="epoch", height_per_panel=1.8)
+        self.results.addWidget(self.loss_plot)
+        self.results.addWidget(self.collapse_plot)
+
+    # ---------------------------------------------------------------- config
+
+    def build_config(self) -> PretrainConfig:
+        segments = self.segments.paths()
+        if not segments:
+            raise ConfigError("no segment chosen: add a scroll segment (folder, TIFF or zarr) and tick it")
+        missing = [s for s in segments if not Path(s).exists()]
+        if missing:
+            raise ConfigError(f"segment not found: {missing[0]}; check the path")
+        out = self.run_folder.text()
+        if not out:
+            raise ConfigError("no run folder: choose where the checkpoints go")
+        d = PretrainConfig()
+        return PretrainConfig(
+            segments=segments,
+            out=out,
+            encoder=EncoderConfig(name=self.encoder.currentData(), widen_factor=self.widen.value()),
+            data=DataConfig(normalization=self.normalization.currentData()),
+            tile=TileConfig(depth=self.tile_depth.value(), size=self.tile_size.value(),
+                            stride=self.tile_stride.value(), min_mask_fraction=d.tile.min_mask_fraction),
+            augment=AugmentConfig(max_z_shift=self.z_shift.value(), holes=self.holes.value(),
+                                  big_holes=self.big_holes.value()),
+            optim=OptimConfig(name=self.optimizer.currentData(), lr=self.lr.value()),
+            epochs=self.epochs.value(),
+            batch_size=self.batch_size.value(),
+            steps_per_epoch=self.steps.value() or None,
+            device=self.device.value(),
+            resume=out if self.resume.isChecked() else None,
+        )
+
+    def make_events(self, config: PretrainConfig) -> Callable[[], Iterator[Event]]:
+        def run() -> Iterator[Event]:
+            from napari_vesuvius_pt.engine.pretrain import pretrain
+
+            return pretrain(config)
+
+        return run
+
+    def cli_command(self, config: PretrainConfig) -> str:
+        return f"vesuvius-pt {self.cli_name} --config {shlex.quote(str(Path(config.out) / 'config.yaml'))}"
+
+    # ---------------------------------------------------------------- events
+
+    def job_starting(self, config: PretrainConfig) -> None:
+        self.loss_plot.clear()
+        self.collapse_plot.clear()
+        self.cli_line.setToolTip(
+            "The run folder's config.yaml repeats this job headless. Add --out NEW_FOLDER to run it "
+            "again elsewhere, or use --resume RUN to continue it.")
+
+    def handle_event(self, event: Event) -> None:
+        if isinstance(event, StepDone):
+            x = (event.epoch - 1) * event.steps_per_epoch + event.step
+            for name, value in event.losses.items():
+                if name in self.loss_plot.series:
+                    self.loss_plot.add_point(name, x, value)
+        elif isinstance(event, EpochDone):
+            for name in ("embedding_std", "effective_rank"):
+                if name in event.metrics:
+                    self.collapse_plot.add_point(name, event.epoch, event.metrics[name])
+
+    def job_done(self, outcome) -> None:
+        self.loss_plot.redraw_now()
+        self.collapse_plot.redraw_now()
+        if not self.resume.isChecked():
+            self.run_folder.set_text(str(next_free_folder(self.run_folder.text())))

@@ -1,0 +1,125 @@
+"""The Pretrain dock widget driven for real on a synthetic scroll segment with a tiny encoder."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from napari.utils.notifications import notification_manager
+
+from napari_vesuvius_pt.config import PretrainConfig, load_config
+from napari_vesuvius_pt.engine.events import StepDone
+from napari_vesuvius_pt.models.checkpoint import load_checkpoint
+from napari_vesuvius_pt.ui.pretrain_widget import PretrainWidget
+
+JOB_TIMEOUT_MS = 120_000
+
+
+@pytest.fixture
+def notifications():
+    seen = []
+    notification_manager.notification_ready.connect(seen.append)
+    yield seen
+    notification_manager.notification_ready.disconnect(seen.append)
+
+
+def tiny(widget: PretrainWidget, segment: Path, run: Path, epochs: int, steps: int) -> None:
+    widget.segments.add(segment)
+    widget.encoder.setCurrentIndex(widget.encoder.findData("resnet10"))
+    widget.widen.setValue(0.25)
+    widget.tile_depth.setValue(16)
+    widget.tile_size.setValue(32)
+    widget.tile_stride.setValue(32)
+    widget.epochs.setValue(epochs)
+    widget.batch_size.setValue(4)
+    widget.steps.setValue(steps)
+    widget.device.set_value("cpu")
+    widget.run_folder.set_text(str(run))
+
+
+def wait_done(qtbot, widget) -> None:
+    qtbot.waitUntil(lambda: widget.runner.state == "idle" and widget.runner.last_outcome is not None,
+                    timeout=JOB_TIMEOUT_MS)
+
+
+def test_pretraining_from_the_widget_writes_checkpoints_and_plots(make_napari_viewer, qtbot, scroll_dir, tmp_path):
+    viewer = make_napari_viewer()
+    widget = PretrainWidget(viewer)
+    viewer.window.add_dock_widget(widget)
+    run = tmp_path / "run"
+    tiny(widget, scroll_dir, run, epochs=2, steps=3)
+    widget.start_button.click()
+    assert not widget.start_button.isEnabled() and widget.stop_button.isEnabled()
+    wait_done(qtbot, widget)
+
+    assert widget.runner.last_outcome.status == "finished", widget.status.text()
+    payload = load_checkpoint(run / "checkpoints" / "epoch_002.pt")
+    assert payload["kind"] == "pretrain" and payload["epoch"] == 2
+    assert payload["encoder_spec"]["name"] == "resnet10"
+    # the plots hold every step's loss and terms, and one collapse-monitor point per epoch
+    losses = widget.loss_plot.points("loss")
+    assert [x for x, _ in losses] == [1, 2, 3, 4, 5, 6]
+    assert all(y > 0 for _, y in losses)
+    for term in ("invariance", "variance", "covariance"):
+        assert len(widget.loss_plot.points(term)) == 6
+    assert [x for x, _ in widget.collapse_plot.points("effective_rank")] == [1, 2]
+    assert all(y >= 1.0 for _, y in widget.collapse_plot.points("effective_rank"))
+    assert len(widget.collapse_plot.points("embedding_std")) == 2
+    # progress at the end, the device the job ran on, and the CLI that repeats it from the saved config
+    assert widget.progress.run_bar.value() == widget.progress.run_bar.maximum() == 6
+    assert "cpu" in widget.status.text() and "Finished" in widget.status.text()
+    assert str(run / "config.yaml") in widget.cli_line.text()
+    saved = load_config(PretrainConfig, run / "config.yaml")
+    assert saved.segments == [str(scroll_dir)] and saved.epochs == 2 and saved.encoder.widen_factor == 0.25
+    # ready for the next job, in a fresh folder
+    assert widget.start_button.isEnabled()
+    assert Path(widget.run_folder.text()) != run
+
+
+def test_stop_mid_run_leaves_a_checkpoint_and_the_run_continues(make_napari_viewer, qtbot, scroll_dir, tmp_path):
+    viewer = make_napari_viewer()
+    widget = PretrainWidget(viewer)
+    run = tmp_path / "run"
+    tiny(widget, scroll_dir, run, epochs=20, steps=4)
+    steps_seen = []
+    widget.start()
+    widget.worker.yielded.connect(lambda e: steps_seen.append(e) if isinstance(e, StepDone) else None)
+    qtbot.waitUntil(lambda: len(steps_seen) >= 2, timeout=JOB_TIMEOUT_MS)
+    widget.stop_button.click()
+    wait_done(qtbot, widget)
+
+    outcome = widget.runner.last_outcome
+    assert outcome.status == "stopped"
+    last = run / "last.pt"
+    payload = load_checkpoint(last)
+    assert payload["kind"] == "pretrain" and payload["step"] >= 2
+    assert f"checkpoint kept at {last}" in widget.status.text()
+
+    # a second job in the same napari session continues the stopped run from its checkpoint
+    widget.run_folder.set_text(str(run))
+    widget.resume.setChecked(True)
+    widget.epochs.setValue(1)
+    assert widget.start()
+    wait_done(qtbot, widget)
+    assert widget.runner.last_outcome.status == "finished", widget.status.text()
+    assert load_checkpoint(run / "checkpoints" / "epoch_001.pt")["epoch"] == 1
+
+
+def test_bad_paths_show_notifications(make_napari_viewer, qtbot, tmp_path, notifications):
+    viewer = make_napari_viewer()
+    widget = PretrainWidget(viewer)
+    # caught in the form: a segment that is not there
+    tiny(widget, tmp_path / "no-such-segment", tmp_path / "run", epochs=1, steps=1)
+    assert not widget.start()
+    assert any("segment not found" in str(n.message) for n in notifications)
+    # caught by the engine in the worker thread: a folder that holds no segment
+    empty = tmp_path / "empty-folder"
+    empty.mkdir()
+    widget.segments.clear()
+    widget.segments.add(empty)
+    notifications.clear()
+    assert widget.start()
+    wait_done(qtbot, widget)
+    assert widget.runner.last_outcome.status == "error"
+    assert any(str(empty) in str(n.message) for n in notifications)
+    assert widget.start_button.isEnabled() and "Error" in widget.status.text()
