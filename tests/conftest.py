@@ -39,3 +39,9 @@ def kaggle_labels_dir() -> Path:
     if not (KAGGLE_LABELS / "2" / "mask.png").is_file():
         pytest.skip(f"real Kaggle labels not found at {KAGGLE_LABELS}")
     return KAGGLE_LABELS
+
+
+@pytest.fixture(autouse=True)
+def _private_widget_settings(tmp_path, monkeypatch):
+    """Widgets remember their settings between napari launches; tests must not touch the user's file."""
+    monkeypatch.setenv("NAPARI_VESUVIUS_PT_SETTINGS", str(tmp_path / "widgets.json"))

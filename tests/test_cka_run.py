@@ -16,7 +16,7 @@ from PIL import Image
 
 from napari_vesuvius_pt.analysis import linear_cka, rbf_cka
 from napari_vesuvius_pt.cli import main
-from napari_vesuvius_pt.config import CKAConfig, DataConfig, TileConfig, to_dict
+from napari_vesuvius_pt.config import CKAConfig, DataConfig, EncoderConfig, TileConfig, to_dict
 from napari_vesuvius_pt.engine.cka import _build_encoder, cka, expand_sources
 from napari_vesuvius_pt.engine.events import Finished, MatrixUpdated, Started, TilesDone
 from napari_vesuvius_pt.errors import ConfigError
@@ -167,11 +167,13 @@ def test_a_diverged_checkpoint_gets_undefined_entries_and_a_note(run_dir, fragme
 
 
 def test_random_source_is_the_same_encoder_every_time_and_bad_settings_are_refused(run_dir, fragment_dir, tmp_path):
-    (random,) = expand_sources(["random"])
-    a, b = (_build_encoder(random, None, seed=0).state_dict() for _ in range(2))
+    tiny = EncoderConfig(name="resnet10", widen_factor=0.25)
+    (random,) = expand_sources(["random"], random_spec=tiny)
+    a, b = (_build_encoder(random, tiny, seed=0).state_dict() for _ in range(2))
     assert all(torch.equal(a[k], b[k]) for k in a)
+    assert not torch.equal(a["conv1.weight"], _build_encoder(random, tiny, seed=1).state_dict()["conv1.weight"])
     state = torch.random.get_rng_state()
-    _build_encoder(random, None, seed=0)
+    _build_encoder(random, tiny, seed=0)
     assert torch.equal(state, torch.random.get_rng_state())  # the caller's RNG is left alone
 
     with pytest.raises(ConfigError, match="layer"):

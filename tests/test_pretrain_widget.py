@@ -2,17 +2,26 @@
 
 from __future__ import annotations
 
+import dataclasses
+import shlex
 from pathlib import Path
 
 import pytest
 from napari.utils.notifications import notification_manager
 
+from napari_vesuvius_pt.cli import main as cli_main
 from napari_vesuvius_pt.config import PretrainConfig, load_config
 from napari_vesuvius_pt.engine.events import StepDone
 from napari_vesuvius_pt.models.checkpoint import load_checkpoint
 from napari_vesuvius_pt.ui.pretrain_widget import PretrainWidget
 
 JOB_TIMEOUT_MS = 120_000
+
+
+@pytest.fixture(autouse=True)
+def own_settings(tmp_path, monkeypatch):
+    """Widget settings go to a file of this test's own, not the user's."""
+    monkeypatch.setenv("NAPARI_VESUVIUS_PT_SETTINGS", str(tmp_path / "widgets.json"))
 
 
 @pytest.fixture
@@ -47,7 +56,7 @@ def test_pretraining_from_the_widget_writes_checkpoints_and_plots(make_napari_vi
     widget = PretrainWidget(viewer)
     viewer.window.add_dock_widget(widget)
     run = tmp_path / "run"
-    tiny(widget, scroll_dir, run, epochs=2, steps=3)
+    tiny(widget, scroll_dir, run, epochs=2, steps=2)
     widget.start_button.click()
     assert not widget.start_button.isEnabled() and widget.stop_button.isEnabled()
     wait_done(qtbot, widget)
@@ -58,15 +67,18 @@ def test_pretraining_from_the_widget_writes_checkpoints_and_plots(make_napari_vi
     assert payload["encoder_spec"]["name"] == "resnet10"
     # the plots hold every step's loss and terms, and one collapse-monitor point per epoch
     losses = widget.loss_plot.points("loss")
-    assert [x for x, _ in losses] == [1, 2, 3, 4, 5, 6]
+    assert [x for x, _ in losses] == [1, 2, 3, 4]
     assert all(y > 0 for _, y in losses)
     for term in ("invariance", "variance", "covariance"):
-        assert len(widget.loss_plot.points(term)) == 6
+        assert len(widget.loss_plot.points(term)) == 4
     assert [x for x, _ in widget.collapse_plot.points("effective_rank")] == [1, 2]
     assert all(y >= 1.0 for _, y in widget.collapse_plot.points("effective_rank"))
     assert len(widget.collapse_plot.points("embedding_std")) == 2
+    # and they are drawn: on the curves, inside the axes' view
+    assert widget.loss_plot.drawn_points("loss") == losses
+    assert len(widget.collapse_plot.drawn_points("effective_rank")) == 2
     # progress at the end, the device the job ran on, and the CLI that repeats it from the saved config
-    assert widget.progress.run_bar.value() == widget.progress.run_bar.maximum() == 6
+    assert widget.progress.run_bar.value() == widget.progress.run_bar.maximum() == 4
     assert "cpu" in widget.status.text() and "Finished" in widget.status.text()
     assert str(run / "config.yaml") in widget.cli_line.text()
     saved = load_config(PretrainConfig, run / "config.yaml")
@@ -75,16 +87,24 @@ def test_pretraining_from_the_widget_writes_checkpoints_and_plots(make_napari_vi
     assert widget.start_button.isEnabled()
     assert Path(widget.run_folder.text()) != run
 
+    # the command shown repeats the job headless from the run folder's config.yaml
+    args = shlex.split(widget.cli_line.text())
+    assert args[:4] == ["vesuvius-pt", "pretrain", "--config", str(run / "config.yaml")]
+    assert cli_main(args[1:] + ["--quiet"]) == 0
+    again = Path(args[args.index("--out") + 1])
+    assert dataclasses.replace(load_config(PretrainConfig, again / "config.yaml"), out=saved.out) == saved
+    assert load_checkpoint(again / "checkpoints" / "epoch_002.pt")["epoch"] == 2
+
 
 def test_stop_mid_run_leaves_a_checkpoint_and_the_run_continues(make_napari_viewer, qtbot, scroll_dir, tmp_path):
     viewer = make_napari_viewer()
     widget = PretrainWidget(viewer)
     run = tmp_path / "run"
-    tiny(widget, scroll_dir, run, epochs=20, steps=4)
+    tiny(widget, scroll_dir, run, epochs=20, steps=3)
     steps_seen = []
     widget.start()
     widget.worker.yielded.connect(lambda e: steps_seen.append(e) if isinstance(e, StepDone) else None)
-    qtbot.waitUntil(lambda: len(steps_seen) >= 2, timeout=JOB_TIMEOUT_MS)
+    qtbot.waitUntil(lambda: len(steps_seen) >= 1, timeout=JOB_TIMEOUT_MS)
     widget.stop_button.click()
     wait_done(qtbot, widget)
 
@@ -92,7 +112,7 @@ def test_stop_mid_run_leaves_a_checkpoint_and_the_run_continues(make_napari_view
     assert outcome.status == "stopped"
     last = run / "last.pt"
     payload = load_checkpoint(last)
-    assert payload["kind"] == "pretrain" and payload["step"] >= 2
+    assert payload["kind"] == "pretrain" and 1 <= payload["step"] < 3
     assert f"checkpoint kept at {last}" in widget.status.text()
 
     # a second job in the same napari session continues the stopped run from its checkpoint
@@ -123,3 +143,18 @@ def test_bad_paths_show_notifications(make_napari_viewer, qtbot, tmp_path, notif
     assert widget.runner.last_outcome.status == "error"
     assert any(str(empty) in str(n.message) for n in notifications)
     assert widget.start_button.isEnabled() and "Error" in widget.status.text()
+
+
+def test_settings_are_remembered_by_the_next_widget(make_napari_viewer, tmp_path):
+    viewer = make_napari_viewer()
+    first = PretrainWidget(viewer)
+    first.epochs.setValue(7)
+    first.encoder.setCurrentIndex(first.encoder.findData("resnet34"))
+    first.device.set_value("cpu")
+    first.run_folder.set_text(str(tmp_path / "runs" / "mine"))
+    first.close()
+    again = PretrainWidget(viewer)  # as at the next napari launch
+    assert again.epochs.value() == 7
+    assert again.encoder.currentData() == "resnet34"
+    assert again.device.value() == "cpu"
+    assert again.run_folder.text() == str(tmp_path / "runs" / "mine")

@@ -176,3 +176,16 @@ def test_a_second_start_while_running_is_refused(qtbot, tmp_path):
         runner.start(FakeRun(tmp_path / "b"))
     runner.stop()
     qtbot.waitUntil(lambda: bool(rec.outcomes), timeout=10_000)
+
+
+def test_closing_the_viewer_stops_its_job_in_the_worker_thread(make_napari_viewer, qtbot, tmp_path):
+    viewer = make_napari_viewer()  # the current viewer: napari registers the worker as one of its tasks
+    rec = Recorder()
+    fake = FakeRun(tmp_path / "run", steps=500, delay=0.02)
+    runner = _runner(rec)
+    runner.start(fake)
+    qtbot.waitUntil(lambda: any(isinstance(e, StepDone) for e in rec.events), timeout=10_000)
+    viewer.close()
+    assert runner.wait(10.0)
+    assert fake.closed_in is not None and fake.closed_in is not threading.main_thread()
+    assert (tmp_path / "run" / "last.pt").read_text() == "stopped weights"

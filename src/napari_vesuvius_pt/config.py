@@ -108,7 +108,7 @@ class PretrainConfig:
     epochs: int = 3
     batch_size: int = 8
     steps_per_epoch: int | None = None  # None: one pass over the tiles
-    mask_erosion: int = 0  # pixels the mask is eroded by before tiles are kept
+    mask_erosion: int = 8  # pixels the mask is eroded by before tiles are kept (ragged edges, glue, air)
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     amp: bool = True  # autocast on CUDA only
     num_workers: int = 0  # DataLoader workers (spawn); 0 reads in the training process
@@ -249,3 +249,15 @@ def load_config(cls: type[T], path: str | Path) -> T:
 def merge(cfg: T, **overrides: Any) -> T:
     """A copy of ``cfg`` with the non-None overrides applied (CLI flags over a YAML config)."""
     return dataclasses.replace(cfg, **{k: v for k, v in overrides.items() if v is not None})
+
+
+@dataclass
+class DemoConfig:
+    """The seed experiment in miniature: synthetic data, VICReg pretraining, CKA, frozen-encoder ink
+    probes for random / VICReg (/ Kinetics-700) encoders, tiled prediction, F0.5 report."""
+
+    out: str = "vesuvius-demo"
+    scale: str = "laptop"  # quick (CI) | laptop (default, < 10 min on 2 cores) | seed (ResNet-50 on a GPU)
+    k700_weights: str | None = None  # a local 3D-ResNets-PyTorch Kinetics-700 checkpoint (same depth as the encoder)
+    device: str = "auto"
+    seed: int = 0

@@ -119,6 +119,10 @@ def center_gram(gram: np.ndarray, unbiased: bool = False) -> np.ndarray:
         raise AnalysisInputError(f"a Gram matrix must be square, got shape {gram.shape}")
     if not np.allclose(gram, gram.T):
         raise AnalysisInputError("a Gram matrix must be symmetric")
+    return _center_in_place(gram, unbiased)
+
+
+def _center_in_place(gram: np.ndarray, unbiased: bool) -> np.ndarray:
     n = gram.shape[0]
     if unbiased:
         _check_debiased_n(n, True)
@@ -211,7 +215,7 @@ def centered_gram(x: Any, kernel: str = "linear", threshold: float = 0.5, debias
     f = as_features(x)
     _check_debiased_n(f.shape[0], debiased)
     gram = f @ f.T if kernel == "linear" else _gram_rbf(f, threshold)
-    gram = center_gram(gram, unbiased=debiased)
+    gram = _center_in_place(gram, unbiased=debiased)  # symmetric by construction
     norm = np.linalg.norm(gram)
     _check_norm(norm, "X")
     gram /= norm

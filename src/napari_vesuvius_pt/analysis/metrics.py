@@ -91,7 +91,9 @@ def _labels_as_bool(labels: np.ndarray) -> np.ndarray:
         return labels.astype(bool)
     if np.issubdtype(labels.dtype, np.floating):
         if not np.isin(labels, (0.0, 1.0)).all():
-            raise AnalysisInputError("labels must be 0/1 (or bool); got other values (soft labels? threshold them first)")
+            raise AnalysisInputError(
+                "labels must be 0/1 (or bool); got other values (soft labels? threshold them first)"
+            )
         return labels.astype(bool)
     raise AnalysisInputError(f"labels must be 0/1 or bool, got dtype {labels.dtype}")
 
@@ -123,7 +125,9 @@ def _counts(probs: Any, labels: Any, mask: Any = None, scale: float = 1.0) -> _C
         if nan.any():
             raise AnalysisInputError(f"predictions hold {int(nan.sum())} NaN value(s)")
         if probs.min() < 0:
-            raise AnalysisInputError(f"predictions must be probabilities in [0, 1]; got a minimum of {float(probs.min())}")
+            raise AnalysisInputError(
+                f"predictions must be probabilities in [0, 1]; got a minimum of {float(probs.min())}"
+            )
         bits = (probs + np.float16(0)).view(np.uint16)  # -0.0 -> +0.0; non-negative float16 bits sort like values
         pos = np.bincount(bits[labels], minlength=65536)
         neg = np.bincount(bits, minlength=65536) - pos

@@ -15,7 +15,9 @@ from napari_vesuvius_pt.errors import VesuviusError
 COMMANDS = ("demo", "info", "synth", "convert", "pretrain", "finetune", "predict", "evaluate", "cka")
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(only: str | None = None) -> argparse.ArgumentParser:
+    """All commands, or only ``only``: a command's module may import torch and the engine, which
+    ``vesuvius-pt info`` should not pay for."""
     parser = argparse.ArgumentParser(
         prog="vesuvius-pt",
         description="Pretrain on scroll segments with VICReg, check with CKA, find ink on fragments.",
@@ -23,6 +25,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name in COMMANDS:
+        if only is not None and name != only:
+            continue
         try:
             module = importlib.import_module(f"napari_vesuvius_pt.cli.{name}")
         except ModuleNotFoundError as exc:  # a command still being built; never hide other import errors
@@ -34,7 +38,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
+    command = next((a for a in argv if not a.startswith("-")), None)
+    parser = build_parser(command if command in COMMANDS else None)
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):
         parser.print_help()

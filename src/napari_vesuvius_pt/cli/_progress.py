@@ -15,6 +15,7 @@ from napari_vesuvius_pt.engine.events import (
     Event,
     Failed,
     Finished,
+    Stage,
     Started,
     StepDone,
     TilesDone,
@@ -25,11 +26,18 @@ from napari_vesuvius_pt.errors import RunError
 def drive(events: Iterator[Event], label: str, quiet: bool = False) -> Finished | None:
     """Consume ``events``; return the Finished event (None if interrupted). A Failed event raises RunError."""
     bar: tqdm | None = None
+    bar_label = ""
     finished: Finished | None = None
     out = sys.stderr
     try:
         for event in events:
-            if isinstance(event, Started):
+            if isinstance(event, Stage):
+                if bar is not None:
+                    bar.close()
+                    bar = None
+                if not quiet:
+                    print(f"\n[{event.index}/{event.total}] {event.name}", file=out)
+            elif isinstance(event, Started):
                 if not quiet:
                     print(f"{label}: running on {event.device}" + (f", run folder {event.run_dir}" if event.run_dir else ""), file=out)
                     if event.first_epoch:
@@ -43,9 +51,10 @@ def drive(events: Iterator[Event], label: str, quiet: bool = False) -> Finished 
                 bar.set_postfix({k: f"{v:.4g}" for k, v in event.losses.items()} | {"samples/s": f"{event.samples_per_s:.1f}"})
                 bar.update(event.step - bar.n)
             elif isinstance(event, TilesDone):
-                if bar is None or bar.desc != f"{label} {event.name}":
+                if bar is None or bar_label != f"{label} {event.name}":
                     if bar is not None:
                         bar.close()
+                    bar_label = f"{label} {event.name}"
                     bar = tqdm(total=event.total, desc=f"{label} {event.name}", file=out, disable=quiet,
                                leave=False, unit="tile", dynamic_ncols=True)
                 bar.update(event.done - bar.n)

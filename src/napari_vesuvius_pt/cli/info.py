@@ -45,6 +45,7 @@ def describe(path, z_range=None, reverse=False, downsample=1) -> dict:
         "has_inklabels": seg.inklabels is not None,
         "ink_fraction": fraction,
         "has_ir": seg.ir is not None,
+        "converted_from": (seg.attrs.get("napari_vesuvius_pt") or {}).get("source"),
     }
 
 
@@ -63,6 +64,8 @@ def run(args: argparse.Namespace) -> int:
         f"  mask       " + (f"yes, {info['mask_fraction']:.1%} of the plane" if info["has_mask"] else "no (all papyrus)"),
         f"  ink labels " + (f"yes, ink on {info['ink_fraction']:.1%} of the papyrus" if info["has_inklabels"] else "no"),
     ]
+    if info["converted_from"]:
+        lines.append(f"  converted  from {info['converted_from']}")
     if info["has_ir"]:
         lines.append("  ir         yes")
     if len(info["levels"]) > 1:

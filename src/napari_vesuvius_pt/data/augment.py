@@ -4,10 +4,11 @@
 acts on each layer of the plane alike). Per-sample parameters are drawn on the CPU from the given
 ``torch.Generator``; the pixel work runs on the tensor's device with no host synchronization.
 
-Order: geometry (flips, 90 degree rotations, shift/scale/rotate and grid distortion, composed into
-one sampling grid, so the tile is resampled once) -> brightness/contrast -> gamma -> Gaussian or
-motion blur -> Gaussian noise -> cut-out holes through all layers. Ink labels ``(batch, 1, y, x)``
-get the same sampling grid (bilinear, then >= 0.5) and nothing else.
+Order: flips and 90 degree rotations (exact pixel indexing) -> shift/scale/rotate and grid
+distortion (composed into one sampling grid, so a tile is resampled at most once) ->
+brightness/contrast -> gamma -> Gaussian or motion blur -> Gaussian noise -> cut-out holes through
+all layers. Ink labels ``(batch, 1, y, x)`` get the same flips, rotations and sampling grid
+(bilinear, then >= 0.5) and nothing else. A sample that did not draw an op keeps its values exactly.
 
 Intensities stay floats throughout: nothing wraps around or clips as 8-bit pipelines do.
 
@@ -33,6 +34,8 @@ GAUSS_SIGMA = (0.8, 1.4)  # what albumentations' GaussianBlur derives from kerne
 MOTION_LENGTHS = (3, 5, 7)
 NOISE_STD_RANGE = (0.2, 1.0)  # noise std drawn in this fraction of cfg.noise_std
 HOLE_SIZE_RANGE = (0.5, 1.0)  # each hole side drawn in this fraction of its maximum
+
+Rows = Tensor | slice  # which samples an op works on: CPU indices, or all of them
 
 
 # ---------------------------------------------------------------- random numbers
@@ -62,42 +65,61 @@ def _chance(g: torch.Generator, n: int, p: float) -> Tensor:
 # ---------------------------------------------------------------- geometry
 
 
-def _affine_matrices(cfg: AugmentConfig, b: int, h: int, w: int, g: torch.Generator) -> Tensor:
-    """(b, 2, 3) maps from output to input coordinates, in grid_sample's normalized units."""
+def _dihedral_indices(cfg: AugmentConfig, b: int, h: int, w: int, g: torch.Generator) -> Tensor | None:
+    """(b, h * w) source pixel of each output pixel for random flips and quarter turns; None if off.
+
+    Done by exact indexing rather than resampling, so these lossless transforms stay lossless.
+    """
+    if not (cfg.flip or cfg.rotate90):
+        return None
     flip_x = _chance(g, b, 0.5 if cfg.flip else 0.0)
     flip_y = _chance(g, b, 0.5 if cfg.flip else 0.0)
     quarter = torch.randint(0, 4, (b,), generator=g) if cfg.rotate90 else torch.zeros(b, dtype=torch.long)
     if h != w:
         quarter = quarter - quarter % 2  # a quarter turn would change a non-square tile's shape
-    ssr = _chance(g, b, cfg.shift_scale_rotate)
-    angle = torch.deg2rad(_uniform(g, b, -cfg.max_rotate_deg, cfg.max_rotate_deg)) * ssr
-    scale = 1.0 + _uniform(g, b, -cfg.max_scale, cfg.max_scale) * ssr
-    shift = torch.stack([_uniform(g, b, -cfg.max_shift, cfg.max_shift) for _ in range(2)], 1) * 2.0 * ssr[:, None]
+    base = torch.arange(h * w).view(h, w)
+    maps = []
+    for fx, fy, k in zip(flip_x.tolist(), flip_y.tolist(), quarter.tolist()):
+        m = base
+        if fx:
+            m = m.flip(1)
+        if fy:
+            m = m.flip(0)
+        maps.append(torch.rot90(m, k, dims=(0, 1)).reshape(-1))
+    return torch.stack(maps)
 
-    # The linear part acts in pixel units (so rotations stay rotations on non-square tiles):
-    # M = S^-1 (R(angle) * scale) R90^k Flip S, with S = diag(w/2, h/2) from normalized units to pixels.
-    flip = torch.zeros(b, 2, 2, dtype=torch.float64)
-    flip[:, 0, 0] = 1.0 - 2.0 * flip_x.double()
-    flip[:, 1, 1] = 1.0 - 2.0 * flip_y.double()
-    total = angle + quarter.double() * (math.pi / 2)
-    cos, sin = torch.cos(total), torch.sin(total)
+
+def _take(x: Tensor, index: Tensor) -> Tensor:
+    """Per-sample pixel permutation of every layer: ``x`` (b, ..., h, w), ``index`` (b, h * w)."""
+    planes = x.reshape(x.shape[0], -1, x.shape[-2] * x.shape[-1])
+    out = planes.gather(2, index[:, None, :].expand(-1, planes.shape[1], -1))
+    return out.reshape(x.shape)
+
+
+def _affine_matrices(cfg: AugmentConfig, b: int, h: int, w: int, g: torch.Generator) -> tuple[Tensor, Tensor]:
+    """(b, 2, 3) shift/scale/rotate maps from output to input coordinates in grid_sample's normalized
+    units, and which samples drew one."""
+    use = _chance(g, b, cfg.shift_scale_rotate)
+    angle = torch.deg2rad(_uniform(g, b, -cfg.max_rotate_deg, cfg.max_rotate_deg)) * use
+    scale = 1.0 + _uniform(g, b, -cfg.max_scale, cfg.max_scale) * use
+    shift = torch.stack([_uniform(g, b, -cfg.max_shift, cfg.max_shift) for _ in range(2)], 1) * 2.0 * use[:, None]
+    # The linear part acts in pixel units, so a rotation stays a rotation on non-square tiles:
+    # M = S^-1 R(angle) scale S, with S = diag(w/2, h/2) from normalized units to pixels.
+    cos, sin = torch.cos(angle), torch.sin(angle)
     rot = torch.stack([torch.stack([cos, -sin], -1), torch.stack([sin, cos], -1)], -2) * scale[:, None, None]
     to_pix = torch.diag(torch.tensor([w / 2.0, h / 2.0], dtype=torch.float64))
     to_norm = torch.diag(torch.tensor([2.0 / w, 2.0 / h], dtype=torch.float64))
-    linear = to_norm @ rot @ flip @ to_pix
-    # round away float dust so exact flips and quarter turns land exactly on pixel centres
-    linear = torch.where(linear.abs() < 1e-12, torch.zeros_like(linear), linear)
-    return torch.cat([linear, shift[:, :, None]], dim=2)
+    linear = to_norm @ rot @ to_pix
+    return torch.cat([linear, shift[:, :, None]], dim=2), use
 
 
-def _distortion_maps(cfg: AugmentConfig, b: int, n: int, g: torch.Generator) -> Tensor:
+def _distortion_maps(cfg: AugmentConfig, b: int, n: int, use: Tensor, g: torch.Generator) -> Tensor:
     """(b, n) piecewise-linear, monotone remaps of one axis's normalized coordinates (grid distortion).
 
     As albumentations' GridDistortion: the axis is cut into ``grid_steps`` cells whose sizes change by
     up to ``grid_limit``; the ends stay in place. Identity for samples not drawn.
     """
     steps = max(int(cfg.grid_steps), 1)
-    use = _chance(g, b, cfg.grid_distortion)
     sizes = 1.0 + _uniform(g, b * steps, -cfg.grid_limit, cfg.grid_limit).view(b, steps) * use[:, None]
     bounds = torch.cat([torch.zeros(b, 1, dtype=torch.float64), sizes.cumsum(1)], 1)
     bounds = bounds / bounds[:, -1:] * 2.0 - 1.0  # (b, steps + 1) in [-1, 1]
@@ -109,18 +131,27 @@ def _distortion_maps(cfg: AugmentConfig, b: int, n: int, g: torch.Generator) -> 
     return lo + frac * (hi - lo)
 
 
-def _sampling_grid(cfg: AugmentConfig, b: int, h: int, w: int, g: torch.Generator) -> Tensor:
-    """(b, h, w, 2) float64 grid: distortion first, then the affine map."""
-    matrices = _affine_matrices(cfg, b, h, w, g)
-    xs = _distortion_maps(cfg, b, w, g)  # (b, w)
-    ys = _distortion_maps(cfg, b, h, g)  # (b, h)
-    gx = xs[:, None, :].expand(b, h, w)
-    gy = ys[:, :, None].expand(b, h, w)
-    points = torch.stack([gx, gy, torch.ones_like(gx)], -1)  # (b, h, w, 3)
-    return torch.einsum("bij,bhwj->bhwi", matrices, points)
+def _draw_warp(cfg: AugmentConfig, b: int, h: int, w: int, g: torch.Generator) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """Shift/scale/rotate matrices (b, 2, 3), grid-distortion remaps of x (b, w) and y (b, h), and
+    which samples warp at all. Every parameter is drawn for every sample, so a seed gives the same
+    augmentation whatever the probabilities."""
+    matrices, use_affine = _affine_matrices(cfg, b, h, w, g)
+    use_grid = _chance(g, b, cfg.grid_distortion)
+    xs = _distortion_maps(cfg, b, w, use_grid, g)
+    ys = _distortion_maps(cfg, b, h, use_grid, g)
+    return matrices, xs, ys, use_affine | use_grid
 
 
-def _resample(x: Tensor, grid: Tensor, mode: str) -> Tensor:
+def _warp_grid(matrices: Tensor, xs: Tensor, ys: Tensor, rows: Rows, device: torch.device) -> Tensor:
+    """(k, h, w, 2) grid_sample grid of the chosen samples, built on ``device``: distortion, then affine."""
+    m = matrices[rows].to(device, torch.float32, non_blocking=True)
+    gx = xs[rows].to(device, torch.float32, non_blocking=True)[:, None, :]  # (k, 1, w)
+    gy = ys[rows].to(device, torch.float32, non_blocking=True)[:, :, None]  # (k, h, 1)
+    coef = m[:, :, :, None, None]  # (k, 2, 3, 1, 1)
+    return (coef[:, :, 0] * gx[:, None] + coef[:, :, 1] * gy[:, None] + coef[:, :, 2]).permute(0, 2, 3, 1)
+
+
+def _resample(x: Tensor, grid: Tensor, mode: str = "bilinear") -> Tensor:
     """Resample every layer of ``x`` (b, c, z, h, w) or (b, c, h, w) on one 2D grid per sample."""
     shape = x.shape
     planes = x.reshape(shape[0], -1, shape[-2], shape[-1])
@@ -131,30 +162,30 @@ def _resample(x: Tensor, grid: Tensor, mode: str) -> Tensor:
 # ---------------------------------------------------------------- blur
 
 
-def _blur_kernels(cfg: AugmentConfig, b: int, g: torch.Generator) -> tuple[Tensor, bool]:
-    """(b, k, k) kernels: Gaussian, motion (a line at a random angle) or identity; and whether any blurs."""
-    k = BLUR_KERNEL
-    r = k // 2
-    coords = torch.arange(k, dtype=torch.float64) - r
-    yy, xx = torch.meshgrid(coords, coords, indexing="ij")
+def _draw_blur(cfg: AugmentConfig, b: int, g: torch.Generator) -> tuple[Tensor, Tensor]:
+    """Per-sample blur parameters (b, 4): motion?, Gaussian sigma, motion length, motion angle; and
+    which samples blur."""
     use = _chance(g, b, cfg.blur)
-    motion = _chance(g, b, 0.5)
+    motion = _chance(g, b, 0.5).double()
     sigma = _uniform(g, b, *GAUSS_SIGMA)
     length = torch.tensor(MOTION_LENGTHS, dtype=torch.float64)[torch.randint(0, len(MOTION_LENGTHS), (b,), generator=g)]
     theta = _uniform(g, b, 0.0, math.pi)
+    return torch.stack([motion, sigma, length, theta], 1), use
 
-    gauss = torch.exp(-(yy**2 + xx**2)[None] / (2 * sigma[:, None, None] ** 2))
-    # motion: anti-aliased segment of the drawn length through the centre
-    ux, uy = torch.cos(theta)[:, None, None], torch.sin(theta)[:, None, None]
-    along = (xx[None] * ux + yy[None] * uy).clamp(-(length[:, None, None] - 1) / 2, (length[:, None, None] - 1) / 2)
-    dist = torch.hypot(xx[None] - along * ux, yy[None] - along * uy)
-    line = (1.0 - dist).clamp(min=0.0)
-    kernels = torch.where(motion[:, None, None], line, gauss)
-    kernels = kernels / kernels.sum(dim=(1, 2), keepdim=True)
-    identity = torch.zeros(k, k, dtype=torch.float64)
-    identity[r, r] = 1.0
-    kernels = torch.where(use[:, None, None], kernels, identity)
-    return kernels, bool(use.any())
+
+def _blur_kernels(params: Tensor) -> Tensor:
+    """(k, 7, 7) normalized kernels: Gaussian, or motion blur (an anti-aliased line through the centre)."""
+    r = BLUR_KERNEL // 2
+    coords = torch.arange(BLUR_KERNEL, dtype=torch.float64) - r
+    yy, xx = torch.meshgrid(coords, coords, indexing="ij")
+    motion, sigma, length, theta = (params[:, i, None, None] for i in range(4))
+    gauss = torch.exp(-(yy**2 + xx**2) / (2 * sigma**2))
+    ux, uy = torch.cos(theta), torch.sin(theta)
+    half = (length - 1) / 2
+    along = torch.minimum(torch.maximum(xx * ux + yy * uy, -half), half)
+    line = (1.0 - torch.hypot(xx - along * ux, yy - along * uy)).clamp(min=0.0)
+    kernels = torch.where(motion > 0.5, line, gauss)
+    return kernels / kernels.sum(dim=(1, 2), keepdim=True)
 
 
 def _blur(x: Tensor, kernels: Tensor) -> Tensor:
@@ -168,27 +199,37 @@ def _blur(x: Tensor, kernels: Tensor) -> Tensor:
     return out.reshape(x.shape)
 
 
+# ---------------------------------------------------------------- intensity
+
+
+def _gamma(x: Tensor, gamma: Tensor) -> Tensor:
+    """Gamma on each tile's own [min, max] range, then back: defined for any float range, no clipping."""
+    view = (x.shape[0],) + (1,) * (x.ndim - 1)
+    flat = x.flatten(1)
+    lo = flat.amin(1).view(view)
+    span = (flat.amax(1).view(view) - lo).clamp(min=1e-6)
+    return ((x - lo) / span).clamp(min=0.0).pow(gamma) * span + lo
+
+
 # ---------------------------------------------------------------- cut-out
 
 
 def _hole_rects(cfg: AugmentConfig, b: int, h: int, w: int, g: torch.Generator) -> Tensor:
     """(b, holes, 4) rectangles y0, y1, x0, x1 (empty when a hole is not drawn)."""
     rects = []
-    for count, frac in ((cfg.holes, cfg.hole_size), (cfg.big_holes, cfg.big_hole_size)):
-        count = int(count)
+    for count, frac in ((int(cfg.holes), cfg.hole_size), (int(cfg.big_holes), cfg.big_hole_size)):
         if count <= 0 or frac <= 0:
             continue
-        drawn = torch.randint(0, count + 1, (b,), generator=g)
-        for i in range(count):
-            hh = (_uniform(g, b, *HOLE_SIZE_RANGE) * frac * h).round().clamp(min=1).long()
-            ww = (_uniform(g, b, *HOLE_SIZE_RANGE) * frac * w).round().clamp(min=1).long()
-            y0 = (torch.rand(b, generator=g, dtype=torch.float64) * (h - hh + 1)).floor().long()
-            x0 = (torch.rand(b, generator=g, dtype=torch.float64) * (w - ww + 1)).floor().long()
-            on = (i < drawn).long()
-            rects.append(torch.stack([y0, y0 + hh * on, x0, x0 + ww * on], 1))
+        drawn = torch.randint(0, count + 1, (b, 1), generator=g)
+        on = (torch.arange(count)[None, :] < drawn).long()  # (b, count)
+        hh = (_uniform(g, b * count, *HOLE_SIZE_RANGE).view(b, count) * frac * h).round().clamp(min=1).long()
+        ww = (_uniform(g, b * count, *HOLE_SIZE_RANGE).view(b, count) * frac * w).round().clamp(min=1).long()
+        y0 = (torch.rand(b, count, generator=g, dtype=torch.float64) * (h - hh + 1)).floor().long()
+        x0 = (torch.rand(b, count, generator=g, dtype=torch.float64) * (w - ww + 1)).floor().long()
+        rects.append(torch.stack([y0, y0 + hh * on, x0, x0 + ww * on], 2))
     if not rects:
         return torch.zeros(b, 0, 4, dtype=torch.long)
-    return torch.stack(rects, 1)
+    return torch.cat(rects, 1)
 
 
 def _hole_mask(rects: Tensor, h: int, w: int, device: torch.device) -> Tensor:
@@ -202,6 +243,26 @@ def _hole_mask(rects: Tensor, h: int, w: int, device: torch.device) -> Tensor:
 
 
 # ---------------------------------------------------------------- the batch
+
+
+def _on_samples(x: Tensor, chosen: Tensor, fn) -> Tensor:
+    """``fn(samples, rows)`` applied to the samples ``chosen`` (a CPU bool mask) only; the others are
+    kept exactly. The mask lives on the CPU, so choosing costs no device synchronization, and work
+    is spent only on the samples that drew the op."""
+    if not bool(chosen.any()):
+        return x
+    if bool(chosen.all()):
+        return fn(x, slice(None))
+    rows = chosen.nonzero().squeeze(1)
+    dev_rows = rows.to(x.device, non_blocking=True)
+    out = x.clone()
+    out[dev_rows] = fn(x[dev_rows], rows)  # advanced indexing: much faster than index_select on CPU
+    return out
+
+
+def _rows(t: Tensor, rows: Rows) -> Tensor:
+    """The per-sample parameters ``t`` of the chosen samples, on ``t``'s device."""
+    return t if isinstance(rows, slice) else t[rows.to(t.device, non_blocking=True)]
 
 
 def _check_batch(x: Tensor, labels: Tensor | None) -> None:
@@ -231,39 +292,49 @@ def augment_batch(
     b, h, w = x.shape[0], x.shape[-2], x.shape[-1]
     g, dev_g = _generators(generator, x.device)
 
-    grid = _sampling_grid(cfg, b, h, w, g).to(x.device, torch.float32, non_blocking=True)
-    x = _resample(x, grid, mode="bilinear")
+    index = _dihedral_indices(cfg, b, h, w, g)
+    matrices, xs, ys, warp = _draw_warp(cfg, b, h, w, g)
     if labels is not None:
-        warped = _resample(labels if labels.is_floating_point() else labels.float(), grid, "bilinear")
-        labels = (warped >= 0.5).to(labels.dtype)
+        labels_dtype = labels.dtype
+        labels = labels if labels.is_floating_point() else labels.float()
+    if index is not None:
+        index = index.to(x.device, non_blocking=True)
+        x = _take(x, index)
+        labels = _take(labels, index) if labels is not None else None
+    if bool(warp.any()):  # samples that drew no warp keep their pixels exactly
+        rows = slice(None) if bool(warp.all()) else warp.nonzero().squeeze(1)
+        grid = _warp_grid(matrices, xs, ys, rows, x.device)
+        x = _on_samples(x, warp, lambda t, _: _resample(t, grid))
+        if labels is not None:
+            labels = _on_samples(labels, warp, lambda t, _: (_resample(t, grid) >= 0.5).to(t.dtype))
+    if labels is not None:
+        labels = labels.to(labels_dtype)
 
-    # intensity: one (b, 5) table of per-sample parameters, one transfer
-    bc = _chance(g, b, cfg.brightness_contrast).double()
-    alpha = 1.0 + _uniform(g, b, -cfg.max_contrast, cfg.max_contrast) * bc
-    beta = _uniform(g, b, -cfg.max_brightness, cfg.max_brightness) * bc
+    # Intensity. Per-sample parameters are drawn on the CPU and moved in one (b, 4) table. Cheap ops
+    # run on the whole batch with neutral parameters (contrast 1, brightness 0, no hole) for the
+    # samples that did not draw them, which leaves those exactly as they were; costly ones (gamma,
+    # blur, noise) run on the chosen samples only.
+    use_bc = _chance(g, b, cfg.brightness_contrast).double()
+    alpha = 1.0 + _uniform(g, b, -cfg.max_contrast, cfg.max_contrast) * use_bc
+    beta = _uniform(g, b, -cfg.max_brightness, cfg.max_brightness) * use_bc
     use_gamma = _chance(g, b, cfg.gamma)
-    gamma = torch.where(use_gamma, _uniform(g, b, 1.0 - cfg.max_gamma, 1.0 + cfg.max_gamma), torch.ones(b, dtype=torch.float64))
-    noise_std = _uniform(g, b, *NOISE_STD_RANGE) * cfg.noise_std * _chance(g, b, cfg.noise).double()
-    kernels, any_blur = _blur_kernels(cfg, b, g)
+    gamma = _uniform(g, b, 1.0 - cfg.max_gamma, 1.0 + cfg.max_gamma)
+    use_noise = _chance(g, b, cfg.noise) & (cfg.noise_std > 0)
+    noise_std = _uniform(g, b, *NOISE_STD_RANGE) * cfg.noise_std
+    blur_params, use_blur = _draw_blur(cfg, b, g)
     rects = _hole_rects(cfg, b, h, w, g)
-    table = torch.stack([alpha, beta, gamma, noise_std], 1).to(x.device, x.dtype, non_blocking=True)
     view = (b,) + (1,) * (x.ndim - 1)
-    alpha_t, beta_t, gamma_t, noise_t = (table[:, i].view(view) for i in range(4))
+    table = torch.stack([alpha, beta, gamma, noise_std], 1).to(x.device, x.dtype, non_blocking=True)
+    alpha_t, beta_t, gamma_t, noise_t = (table[:, i].reshape(view) for i in range(4))
 
-    x = x * alpha_t + beta_t
-    if bool(use_gamma.any()):
-        # gamma on the tile's own [min, max] range, then back: defined for any float range, no clipping
-        flat = x.flatten(1)
-        lo = flat.amin(1).view(view)
-        span = (flat.amax(1).view(view) - lo).clamp(min=1e-6)
-        x = ((x - lo) / span).clamp(min=0.0).pow(gamma_t) * span + lo
-    if any_blur:
-        x = _blur(x, kernels)
-    if bool((noise_std > 0).any()):
-        x = x + noise_t * torch.randn(x.shape, generator=dev_g, device=x.device, dtype=x.dtype)
-    if rects.shape[1]:
-        keep = ~_hole_mask(rects, h, w, x.device)
-        x = x * keep[:, None, None].to(x.dtype)  # holes through all layers, filled with 0
+    if bool(use_bc.any()):
+        x = torch.addcmul(beta_t, x, alpha_t)
+    x = _on_samples(x, use_gamma, lambda t, r: _gamma(t, _rows(gamma_t, r)))
+    x = _on_samples(x, use_blur, lambda t, r: _blur(t, _blur_kernels(blur_params[r])))
+    x = _on_samples(x, use_noise, lambda t, r: torch.addcmul(
+        t, _rows(noise_t, r), torch.randn(t.shape, generator=dev_g, device=t.device, dtype=t.dtype)))
+    if rects.shape[1] and bool((rects[..., 1] > rects[..., 0]).any()):
+        x = x * ~_hole_mask(rects, h, w, x.device)[:, None, None]  # through all layers, filled with 0
     return x, labels
 
 

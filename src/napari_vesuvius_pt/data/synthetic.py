@@ -24,7 +24,7 @@ from scipy import ndimage
 # Intensities (uint16) of the fragment-like distribution; the Kaggle fragments sit in this range.
 _FRAGMENT_LEVELS = dict(air=11000.0, papyrus=31000.0, fibre=2600.0, noise=2600.0)
 _SCROLL_LEVELS = dict(air=21000.0, papyrus=35000.0, fibre=2000.0, noise=3200.0)
-DEFAULT_INK_STRENGTH = 0.12  # ink density increase as a fraction of the papyrus-air contrast
+DEFAULT_INK_STRENGTH = 0.3  # ink density increase as a fraction of the papyrus-air contrast
 
 
 @dataclass
@@ -98,7 +98,7 @@ def _text_labels(rng: np.random.Generator, shape: tuple[int, int], text: str | N
     return (labels & mask).astype(np.uint8)
 
 
-def _sheet(shape: tuple[int, int, int], seed: int, levels: dict[str, float], ink: np.ndarray | None,
+def _sheet(shape: tuple[int, int, int], levels: dict[str, float], ink: np.ndarray | None,
            ink_strength: float, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
     """The uint16 volume and the recto surface height map."""
     depth, h, w = shape
@@ -137,7 +137,7 @@ def make_fragment(shape: tuple[int, int, int] = (24, 256, 256), seed: int = 0,
     rng = np.random.default_rng(seed)
     mask = _blob_mask(rng, shape[1:])
     labels = _text_labels(rng, shape[1:], text, mask)
-    volume, surface = _sheet(shape, seed, _FRAGMENT_LEVELS, labels, float(ink_strength), rng)
+    volume, surface = _sheet(shape, _FRAGMENT_LEVELS, labels, float(ink_strength), rng)
     volume[:, mask == 0] = _outside(rng, volume[:, mask == 0], _FRAGMENT_LEVELS)
     return SyntheticSegment(volume, mask, labels, f"synthetic-fragment-{seed}", surface)
 
@@ -147,7 +147,7 @@ def make_scroll_segment(shape: tuple[int, int, int] = (24, 256, 256), seed: int 
     shape = _check_shape(shape)
     rng = np.random.default_rng(seed)
     mask = _blob_mask(rng, shape[1:])
-    volume, surface = _sheet(shape, seed, _SCROLL_LEVELS, None, 0.0, rng)
+    volume, surface = _sheet(shape, _SCROLL_LEVELS, None, 0.0, rng)
     volume[:, mask == 0] = _outside(rng, volume[:, mask == 0], _SCROLL_LEVELS)
     return SyntheticSegment(volume, mask, None, f"synthetic-segment-{seed}", surface)
 

@@ -211,7 +211,8 @@ def make_probe_set(cfg: CKAConfig, data: DataConfig, tile: TileConfig) -> tuple[
 
     notes: list[str] = []
     if not cfg.segment:
-        raise ConfigError("no probe segment given; pass --segment PATH (a segment or fragment the encoders never saw is best)")
+        raise ConfigError("no probe segment given; pass --segment PATH "
+                          "(a segment or fragment the encoders never saw is best)")
     segment = open_from_config(cfg.segment, data)
     layers = int(segment.shape[0])
     depth, size = int(tile.depth), int(tile.size)
@@ -345,7 +346,8 @@ class _GramCache:
         return item
 
 
-def _previous_values(path: Path, layer: str, debiased: bool, threshold: float) -> dict[tuple[str, str], tuple[float, float]]:
+def _previous_values(path: Path, layer: str, debiased: bool,
+                     threshold: float) -> dict[tuple[str, str], tuple[float, float]]:
     """Pairs already computed by an earlier run with the same settings: (key_i, key_j) -> (linear, rbf)."""
     if not path.is_file():
         return {}
@@ -400,7 +402,10 @@ def write_outputs(out: Path, names: Sequence[str], keys: Sequence[str], linear: 
 # ------------------------------------------------------------------ the run
 
 
-def _resolve_settings(cfg: CKAConfig, sources: Sequence[CKASource]) -> tuple[DataConfig, TileConfig, EncoderConfig | None]:
+def _resolve_settings(cfg: CKAConfig,
+                      sources: Sequence[CKASource]) -> tuple[DataConfig, TileConfig, EncoderConfig | None]:
+    """Data and tile settings: the config's, else the first checkpoint's (what the encoders were trained
+    with), else the defaults; and that checkpoint's encoder spec (for ``random``)."""
     payload = _first_payload(sources)
     data, tile, spec = cfg.data, cfg.tile, None
     if payload is not None:
@@ -444,12 +449,13 @@ def cka(cfg: CKAConfig) -> Iterator[Event]:
     grams = _GramCache()
     k = len(sources)
     linear, rbf = np.full((k, k), np.nan), np.full((k, k), np.nan)
-    undefined: dict[str, str] = {}
+    undefined: dict[int, dict[str, str]] = {}  # source index -> kernel -> why CKA is undefined
     computed: list[str] = []
     pairs_computed = 0
     timings = {"features_s": 0.0, "rows_s": 0.0}
     info = {"layer": cfg.layer, "tiles": len(probe), "debiased": bool(cfg.debiased), "threshold": float(cfg.threshold),
-            "segment": str(Path(cfg.segment).expanduser().resolve()), "probe": probe.key, "z0": probe.z0, "depth": probe.depth, "size": probe.size,
+            "segment": str(Path(cfg.segment).expanduser().resolve()), "probe": probe.key, "z0": probe.z0,
+            "depth": probe.depth, "size": probe.size,
             "stage_pool": list(STAGE_POOL)}
     fresh: dict[str, np.ndarray] = {}  # the features computed for the current source
 
@@ -482,7 +488,8 @@ def cka(cfg: CKAConfig) -> Iterator[Event]:
                     for kernel in KERNELS:
                         value, why = _pair_cka(grams, keys, features_of, i, j, kernel, cfg)
                         values.append(value)
-                        undefined.update(why)
+                        for index, reason in why.items():
+                            undefined.setdefault(index, {})[kernel] = reason
                     pair = (values[0], values[1])
                 linear[i, j] = linear[j, i] = pair[0]
                 rbf[i, j] = rbf[j, i] = pair[1]
@@ -542,12 +549,21 @@ def _pair_cka(grams: _GramCache, keys: Sequence[str], features_of: Callable[[int
     for index in (i, j):
         m = grams.get(keys[index], kernel, lambda index=index: features_of(index), cfg.threshold, cfg.debiased)
         if isinstance(m, str):
-            why[index] = f"{kernel}: {m}"
+            why[index] = m
         mats.append(m)
     if why:
         return float("nan"), why
     return float(np.vdot(mats[0], mats[1])), why
 
 
-def _notes(notes: list[str], undefined: dict[int, str], names: Sequence[str]) -> list[str]:
-    return notes + [f"{names[i]}: CKA undefined ({why})" for i, why in sorted(undefined.items()) if i < len(names)]
+def _notes(notes: list[str], undefined: dict[int, dict[str, str]], names: Sequence[str]) -> list[str]:
+    out = list(notes)
+    for i, reasons in sorted(undefined.items()):
+        if i >= len(names):
+            continue
+        by_reason: dict[str, list[str]] = {}
+        for kernel, reason in reasons.items():
+            by_reason.setdefault(reason, []).append(kernel)
+        for reason, kernels in by_reason.items():
+            out.append(f"{names[i]}: {' and '.join(kernels)} CKA undefined: {reason}")
+    return out

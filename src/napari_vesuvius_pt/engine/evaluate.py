@@ -48,7 +48,8 @@ def _tiles_with_ink(ink: np.ndarray, tile: int) -> np.ndarray:
 
 def evaluate(prediction: str | Path | PredictionStore, segment: Any, region: str | Path | None = None,
              skip_empty: bool = False, names: Sequence[str] | None = None,
-             thresholds: Any = DEFAULT_THRESHOLDS, beta: float = 0.5, partial: bool = False) -> dict[str, BinaryMetrics]:
+             thresholds: Any = DEFAULT_THRESHOLDS, beta: float = 0.5,
+             partial: bool = False) -> dict[str, BinaryMetrics]:
     """Metrics per encoder of ``prediction`` (a store or its path) against ``segment`` (a path, opened
     as the prediction read it, or an opened Segment).
 

@@ -77,6 +77,15 @@ class MatrixUpdated(Event):
 
 
 @dataclass(frozen=True)
+class Stage(Event):
+    """A multi-run job (the demo) moves to its next stage; the stage's own events follow."""
+
+    name: str
+    index: int  # 1-based
+    total: int
+
+
+@dataclass(frozen=True)
 class Finished(Event):
     run_dir: Path | None
     summary: dict[str, Any] = field(default_factory=dict)

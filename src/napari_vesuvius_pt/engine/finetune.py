@@ -226,9 +226,14 @@ def score(mean: np.ndarray, count: np.ndarray, origin: tuple[int, int], cell: in
     labels = np.asarray(val.segment.inklabels[y0:y0 + h, x0:x0 + w]) > 0
     inside = covered & np.asarray(val.segment.papyrus_mask()[y0:y0 + h, x0:x0 + w], dtype=bool)
     m = fbeta_sweep(probs, labels, beta=0.5, mask=inside)
-    p = m.prevalence
     return {"f05": m.f05, "threshold": m.threshold, "precision": m.precision, "recall": m.recall, "auc": m.auc,
-            "f05_at_05": m.f05_at_05, "prevalence": p, "baseline_f05": (1.25 * p / (0.25 + p)) if p > 0 else 0.0}
+            "f05_at_05": m.f05_at_05, "prevalence": m.prevalence, "baseline_f05": all_ink_f05(m.prevalence)}
+
+
+def all_ink_f05(prevalence: float) -> float:
+    """F0.5 of calling every pixel ink (precision = prevalence p, recall = 1): 1.25 p / (0.25 p + 1)."""
+    p = float(prevalence)
+    return 1.25 * p / (0.25 * p + 1.0) if p > 0 else 0.0
 
 
 def preview(mean: np.ndarray, origin: tuple[int, int], cell: int, downsample: int, epoch: int) -> PreviewReady:
@@ -366,12 +371,21 @@ def _finetune(cfg: FinetuneConfig, ctx: DistContext) -> Iterator[Event]:
     last_metrics: dict[str, float] = {}
     t_run = time.perf_counter()
 
+    def summary() -> dict[str, Any]:
+        out: dict[str, Any] = {"epochs": cfg.epochs, "seconds": time.perf_counter() - t_run, **split}
+        out.update({f"final_{k}": v for k, v in last_metrics.items()})
+        if ctx.is_main and run.latest_checkpoint() is not None:
+            out["checkpoint"] = str(run.latest_checkpoint())
+        return out
+
     try:
         yield Started(run.path if ctx.is_main else None, describe_device(device), total_steps=total_steps, first_epoch=first_epoch)
     except GeneratorExit:
+        ctx.announce_stop(first_epoch < cfg.epochs)
         return
 
-    stopped = False
+    stopped = False  # this generator was closed
+    peer_stopped = False  # another rank's was (under torchrun)
     for epoch in range(first_epoch + 1, cfg.epochs + 1):
         batches.set_epoch(epoch, skip)
         meter = Meter((partial or {}).get("meter"))
@@ -383,6 +397,9 @@ def _finetune(cfg: FinetuneConfig, ctx: DistContext) -> Iterator[Event]:
         failure: str | None = None
         try:
             while step < steps:
+                if ctx.peer_stopped():
+                    peer_stopped = True
+                    break
                 step += 1
                 t0 = time.perf_counter()
                 wait = 0.0
@@ -437,9 +454,16 @@ def _finetune(cfg: FinetuneConfig, ctx: DistContext) -> Iterator[Event]:
             yield Failed(failure, run.latest_checkpoint() if ctx.is_main else None)
             return
 
-        if step < steps:
+        if step < steps:  # stopped inside the epoch: keep the step reached, resume continues from it
             if ctx.is_main:
                 run.save(make_payload(epoch - 1, step, last_metrics, {"meter": meter.state_dict()}), completed_epoch=False)
+            if stopped:
+                ctx.announce_stop(True)
+                return
+            try:  # stopped by another rank: this consumer still hears how the run ended
+                yield Finished(run.path if ctx.is_main else None, summary(), stopped=peer_stopped)
+            except GeneratorExit:
+                pass
             return
 
         # ---- the epoch is complete: validate, checkpoint, report
@@ -469,20 +493,18 @@ def _finetune(cfg: FinetuneConfig, ctx: DistContext) -> Iterator[Event]:
             run.append_metrics({"epoch": epoch, **metrics})
         skip, partial = 0, None
         if stopped:
+            ctx.announce_stop(epoch < cfg.epochs)
             return
         try:
             if preview_event is not None:
                 yield preview_event
             yield EpochDone(epoch, cfg.epochs, metrics, checkpoint)
         except GeneratorExit:
+            ctx.announce_stop(epoch < cfg.epochs)
             return
 
-    summary: dict[str, Any] = {"epochs": cfg.epochs, "seconds": time.perf_counter() - t_run, **split}
-    summary.update({f"final_{k}": v for k, v in last_metrics.items()})
-    if ctx.is_main and run.latest_checkpoint() is not None:
-        summary["checkpoint"] = str(run.latest_checkpoint())
     try:
-        yield Finished(run.path if ctx.is_main else None, summary)
+        yield Finished(run.path if ctx.is_main else None, summary())
     except GeneratorExit:
         return
 

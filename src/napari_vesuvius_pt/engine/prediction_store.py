@@ -167,7 +167,8 @@ class PredictionStore:
 
     def array(self, name: str) -> Any:
         if name not in self.names:
-            raise ConfigError(f"{self.path} has no prediction named {name!r}; it has: {', '.join(self.names) or 'none'}")
+            have = ", ".join(self.names) or "none"
+            raise ConfigError(f"{self.path} has no prediction named {name!r}; it has: {have}")
         return self.group[name]
 
     def info(self, name: str) -> dict[str, Any]:

@@ -206,12 +206,20 @@ def _pretrain(cfg: PretrainConfig, ctx: DistContext) -> Iterator[Event]:
     last_metrics: dict[str, float] = {}
     t_run = time.perf_counter()
 
+    def summary() -> dict[str, Any]:
+        out = {"epochs": cfg.epochs, "seconds": time.perf_counter() - t_run, **{f"final_{k}": v for k, v in last_metrics.items()}}
+        if ctx.is_main and run.latest_checkpoint() is not None:
+            out["checkpoint"] = str(run.latest_checkpoint())
+        return out
+
     try:
         yield Started(run.path if ctx.is_main else None, describe_device(device), total_steps=total_steps, first_epoch=first_epoch)
     except GeneratorExit:
+        ctx.announce_stop(first_epoch < cfg.epochs)
         return
 
-    stopped = False
+    stopped = False  # this generator was closed
+    peer_stopped = False  # another rank's was (under torchrun)
     for epoch in range(first_epoch + 1, cfg.epochs + 1):
         batches.set_epoch(epoch, skip)
         meter = Meter((partial or {}).get("meter"))
@@ -223,6 +231,9 @@ def _pretrain(cfg: PretrainConfig, ctx: DistContext) -> Iterator[Event]:
         failure: str | None = None
         try:
             while step < steps:
+                if ctx.peer_stopped():
+                    peer_stopped = True
+                    break
                 step += 1
                 t0 = time.perf_counter()
                 wait = 0.0
@@ -284,6 +295,13 @@ def _pretrain(cfg: PretrainConfig, ctx: DistContext) -> Iterator[Event]:
             if ctx.is_main:
                 run.save(make_payload(epoch - 1, step, last_metrics,
                                       {"meter": meter.state_dict(), "monitor": monitor}), completed_epoch=False)
+            if stopped:
+                ctx.announce_stop(True)
+                return
+            try:  # stopped by another rank: this consumer still hears how the run ended
+                yield Finished(run.path if ctx.is_main else None, summary(), stopped=peer_stopped)
+            except GeneratorExit:
+                pass
             return
 
         # ---- the epoch is complete
@@ -302,16 +320,15 @@ def _pretrain(cfg: PretrainConfig, ctx: DistContext) -> Iterator[Event]:
             run.append_metrics({"epoch": epoch, **metrics})
         skip, partial = 0, None
         if stopped:
+            ctx.announce_stop(epoch < cfg.epochs)
             return
         try:
             yield EpochDone(epoch, cfg.epochs, metrics, checkpoint)
         except GeneratorExit:
+            ctx.announce_stop(epoch < cfg.epochs)
             return
 
-    summary = {"epochs": cfg.epochs, "seconds": time.perf_counter() - t_run, **{f"final_{k}": v for k, v in last_metrics.items()}}
-    if ctx.is_main and run.latest_checkpoint() is not None:
-        summary["checkpoint"] = str(run.latest_checkpoint())
     try:
-        yield Finished(run.path if ctx.is_main else None, summary)
+        yield Finished(run.path if ctx.is_main else None, summary())
     except GeneratorExit:
         return

@@ -135,18 +135,32 @@ def reflect_indices(start: int, length: int, n: int) -> np.ndarray:
 
 
 def read_padded(read: Callable[[slice, slice], np.ndarray], y0: int, x0: int, size: int,
-                plane: tuple[int, int]) -> np.ndarray:
-    """A ``(..., size, size)`` tile at ``(y0, x0)``, reflected where it leaves the plane.
+                plane: tuple[int, int], width: int | None = None) -> np.ndarray:
+    """A ``(..., size, width)`` block (``width`` defaults to ``size``) at ``(y0, x0)``, reflected where it
+    leaves the plane.
 
-    ``read(ys, xs)`` returns the in-plane block ``[..., ys, xs]``; only the block the tile needs is read.
+    ``read(ys, xs)`` returns the in-plane block ``[..., ys, xs]``; only the block needed is read.
     """
     h, w = plane
-    if y0 >= 0 and x0 >= 0 and y0 + size <= h and x0 + size <= w:
-        return np.asarray(read(slice(y0, y0 + size), slice(x0, x0 + size)))
-    yi, xi = reflect_indices(y0, size, h), reflect_indices(x0, size, w)
+    width = size if width is None else int(width)
+    if y0 >= 0 and x0 >= 0 and y0 + size <= h and x0 + width <= w:
+        return np.asarray(read(slice(y0, y0 + size), slice(x0, x0 + width)))
+    yi, xi = reflect_indices(y0, size, h), reflect_indices(x0, width, w)
     ya, xa = int(yi.min()), int(xi.min())
     block = np.asarray(read(slice(ya, int(yi.max()) + 1), slice(xa, int(xi.max()) + 1)))
     return block[..., yi - ya, :][..., xi - xa]
+
+
+def row_runs(positions: np.ndarray, size: int) -> list[tuple[int, int]]:
+    """Split tile starts ``(N, 2)`` into runs ``[i, j)`` of tiles in one row whose squares overlap or
+    touch, so each run can be read as one block (each stored chunk decoded once, not once per tile)."""
+    runs, start = [], 0
+    for i in range(1, len(positions) + 1):
+        last = i == len(positions)
+        if last or positions[i, 0] != positions[i - 1, 0] or positions[i, 1] - positions[i - 1, 1] > size:
+            runs.append((start, i))
+            start = i
+    return runs
 
 
 def weight_map(kind: str, side: int, sigma_scale: float = GAUSSIAN_SIGMA_SCALE) -> np.ndarray:

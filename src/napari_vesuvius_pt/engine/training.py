@@ -313,6 +313,19 @@ class DistContext:
         dist.all_reduce(t, op=dist.ReduceOp.MAX)
         return bool(t.item() > 0)
 
+    def peer_stopped(self) -> bool:
+        """Before each step: has another rank's consumer stopped the run? (one tiny all-reduce under DDP)
+
+        A rank whose generator is closed calls :meth:`announce_stop` instead, which pairs with this call
+        on the other ranks, so every rank stops at the same step boundary.
+        """
+        return self.distributed and self.any(False)
+
+    def announce_stop(self, more_steps: bool) -> None:
+        """Tell the other ranks this one stops; only when they would check before another step."""
+        if self.distributed and more_steps:
+            self.any(True)
+
     def close(self) -> None:
         if self.owns_group and dist.is_initialized():
             with contextlib.suppress(Exception):

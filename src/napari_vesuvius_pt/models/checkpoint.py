@@ -185,7 +185,8 @@ def ink_model_from_checkpoint(path: str | os.PathLike) -> tuple[InkModel, dict[s
     spec = _spec_from_payload(payload, str(path))
     stride = int(payload.get("output_stride", 4))
     head_state = payload["head"]
-    channels = next((v.shape[0] for k, v in head_state.items() if k.startswith("lateral.") and k.endswith(".weight")), 64)
+    laterals = [v for k, v in head_state.items() if k.startswith("lateral.") and k.endswith(".weight")]
+    channels = laterals[0].shape[0] if laterals else 64
     try:
         model = InkModel(encoder_from_spec(spec), output_stride=stride, decoder_channels=int(channels))
     except ConfigError as exc:

@@ -69,7 +69,9 @@ class Encoder(ResNet):
             feed_forward=False,
             bias_downsample=False,
         )
-        self.spec = EncoderConfig(name=spec.name, widen_factor=float(spec.widen_factor), in_channels=int(spec.in_channels))
+        self.spec = EncoderConfig(
+            name=spec.name, widen_factor=float(spec.widen_factor), in_channels=int(spec.in_channels)
+        )
         widths = [int(c * spec.widen_factor) for c in get_inplanes()]
         self.stage_channels: dict[str, int] = {name: w * block.expansion for name, w in zip(STAGES, widths)}
         self.embedding_dim: int = self.stage_channels["layer4"]

@@ -81,7 +81,9 @@ def read_weights_file(path: str | os.PathLike) -> Any:
         ) from None
     except (RuntimeError, EOFError, OSError, ValueError, zipfile.BadZipFile, AttributeError, KeyError) as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise WeightsError(f"{path} cannot be read as a PyTorch weights file (truncated or corrupt?): {first}") from None
+        raise WeightsError(
+            f"{path} cannot be read as a PyTorch weights file (truncated or corrupt?): {first}"
+        ) from None
 
 
 def _strip_prefix(state: Mapping[str, Any], prefix: str) -> dict[str, Any]:
@@ -208,7 +210,9 @@ def load_state_into(
         if required_missing:
             problems.append(f"{len(required_missing)} trunk tensor(s) missing ({_abbrev(required_missing)})")
         if trunk_unexpected:
-            problems.append(f"{len(trunk_unexpected)} tensor(s) this encoder does not have ({_abbrev(trunk_unexpected)})")
+            problems.append(
+                f"{len(trunk_unexpected)} tensor(s) this encoder does not have ({_abbrev(trunk_unexpected)})"
+            )
         holds = report.file_architecture or "no 3D ResNet trunk this package knows"
         raise WeightsError(
             f"{where} does not fit the encoder {here}: the file holds {holds}; "

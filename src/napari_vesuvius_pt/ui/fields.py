@@ -42,12 +42,21 @@ class PathField(QWidget):
     changed = Signal(str)
 
     def __init__(self, mode: str = FILE, placeholder: str = "", filter_: str = "", title: str = "Choose",
-                 parent: QWidget | None = None) -> None:
+                 suggestions: bool = False, parent: QWidget | None = None) -> None:
         super().__init__(parent)
         self.mode = mode
         self._filter = filter_
         self._title = title
-        self.edit = QLineEdit(self)
+        self.combo: QComboBox | None = None
+        if suggestions:  # an editable combo: type a path, or pick one of the loaded segments
+            self.combo = QComboBox(self)
+            self.combo.setEditable(True)
+            self.combo.setInsertPolicy(QComboBox.InsertPolicy.NoInsert)
+            self.combo.setSizeAdjustPolicy(QComboBox.SizeAdjustPolicy.AdjustToMinimumContentsLengthWithIcon)
+            self.combo.setMinimumContentsLength(12)
+            self.edit = self.combo.lineEdit()
+        else:
+            self.edit = QLineEdit(self)
         self.edit.setPlaceholderText(placeholder)
         self.edit.textChanged.connect(self.changed.emit)
         self.button = QToolButton(self)
@@ -59,12 +68,32 @@ class PathField(QWidget):
             menu.addAction("Folder…", lambda: self._browse(FOLDER))
             self.button.setMenu(menu)
             self.button.setPopupMode(QToolButton.ToolButtonPopupMode.InstantPopup)
+            self.button.setStyleSheet("QToolButton::menu-indicator { image: none; width: 0px; }")
         else:
             self.button.clicked.connect(lambda: self._browse(mode))
         layout = QHBoxLayout(self)
         layout.setContentsMargins(0, 0, 0, 0)
-        layout.addWidget(self.edit)
+        layout.addWidget(self.combo if self.combo is not None else self.edit, 1)
         layout.addWidget(self.button)
+
+    def set_suggestions(self, entries: Iterable[tuple[str, str]]) -> None:
+        """Offer ``(path, label)`` pairs in the drop-down (the typed text stays as it is)."""
+        if self.combo is None:
+            return
+        text = self.text()
+        self.combo.blockSignals(True)
+        self.combo.clear()
+        for path, label in entries:
+            self.combo.addItem(str(path))
+            self.combo.setItemData(self.combo.count() - 1, label, Qt.ItemDataRole.ToolTipRole)
+        self.combo.setCurrentIndex(-1)
+        self.edit.setText(text)
+        self.combo.blockSignals(False)
+
+    def suggestions(self) -> list[str]:
+        if self.combo is None:
+            return []
+        return [self.combo.itemText(i) for i in range(self.combo.count())]
 
     def _browse(self, mode: str) -> None:
         chosen = _ask(self, mode, self._title, self._filter, self.text() or str(Path.home()))
@@ -100,7 +129,9 @@ class PathList(QWidget):
         self._checkable = checkable
         self.list = QListWidget(self)
         self.list.setSizePolicy(QSizePolicy.Policy.Expanding, QSizePolicy.Policy.Preferred)
-        self.list.setMaximumHeight(96)
+        self.list.setMaximumHeight(80)
+        self.list.setTextElideMode(Qt.TextElideMode.ElideMiddle)
+        self.list.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
         self.list.itemChanged.connect(lambda _item: self.changed.emit())
         self.add_button = QPushButton("Add…", self)
         self.remove_button = QPushButton("Remove", self)
@@ -149,11 +180,11 @@ class PathList(QWidget):
             item.setCheckState(Qt.CheckState.Checked if checked else Qt.CheckState.Unchecked)
         self.changed.emit()
 
-    def offer(self, entries: Iterable[tuple[str, str]]) -> None:
-        """Offer ``(path, label)`` pairs unchecked, keeping what is already listed as it is."""
+    def offer(self, entries: Iterable[tuple[str, str]], checked: bool = False) -> None:
+        """Offer ``(path, label)`` pairs (ticked or not), keeping what is already listed as it is."""
         for path, label in entries:
             if self._find(str(path)) is None:
-                self.add(path, checked=False, label=label)
+                self.add(path, checked=checked, label=label)
 
     def _remove_selected(self) -> None:
         for item in self.list.selectedItems():

@@ -26,9 +26,13 @@ from qtpy.QtWidgets import (
     QWidget,
 )
 
-from napari_vesuvius_pt.engine.events import EpochDone, Event, Failed, Finished, Started, StepDone, TilesDone
-from napari_vesuvius_pt.errors import VesuviusError
-from napari_vesuvius_pt.ui.worker_bridge import IDLE, PAUSED, RUNNING, STOPPING, JobOutcome, JobRunner, notify_error
+from napari_vesuvius_pt.config import DataConfig
+from napari_vesuvius_pt.engine.events import EpochDone, Event, Started, StepDone, TilesDone
+from napari_vesuvius_pt.errors import ConfigError, VesuviusError
+from napari_vesuvius_pt.ui.notify import notify_error
+from napari_vesuvius_pt.ui.segment_registry import SegmentRegistry, registry_for
+from napari_vesuvius_pt.ui.settings import Remembered, remember
+from napari_vesuvius_pt.ui.worker_bridge import IDLE, PAUSED, RUNNING, STOPPING, JobOutcome, JobRunner
 
 CLOSE_WAIT_S = 60.0  # how long closing a widget waits for its job to write the checkpoint
 
@@ -69,6 +73,7 @@ class RunProgress(QWidget):
             bar.setValue(0)
             bar.setFormat("%p%")
         self.rate_label.setText("")
+        self._rate = ""
         self._active_s = 0.0
         self._since: float | None = None
         self._first_done: int | None = None
@@ -110,6 +115,7 @@ class RunProgress(QWidget):
         self.run_bar.setValue(min(done, max(total, 1)))
         self.run_bar.setFormat(f"{done}/{total}  %p%")
         left = self.seconds_left(done, total)
+        self._rate = rate
         parts = [rate] if rate else []
         if left is not None:
             parts.append(f"{format_duration(left)} left")
@@ -118,8 +124,9 @@ class RunProgress(QWidget):
         self.rate_label.setText(" · ".join(parts))
 
     def finish(self, text: str) -> None:
+        """The last rate stays; time left gives way to how the job ended."""
         self.pause()
-        self.rate_label.setText(text)
+        self.rate_label.setText(" · ".join(p for p in (self._rate, text) if p))
 
 
 def _stop_orphaned(runner: JobRunner, *_args: Any) -> None:
@@ -132,6 +139,8 @@ class JobWidget(QWidget):
 
     title = "Job"
     cli_name = ""  # the vesuvius-pt sub-command
+    cli_hint = ""  # said under the command in its tooltip
+    part_name = "epoch"  # what the first progress bar counts
     start_text = "Start"
 
     def __init__(self, napari_viewer, parent: QWidget | None = None) -> None:
@@ -170,6 +179,7 @@ class JobWidget(QWidget):
         self.body_layout.addLayout(buttons)
 
         self.progress = RunProgress()
+        self.progress.part_label.setText(self.part_name)
         self.body_layout.addWidget(self.progress)
         self.status = QLabel("Ready.")
         self.status.setWordWrap(True)
@@ -197,8 +207,37 @@ class JobWidget(QWidget):
         outer.addWidget(scroll)
         self.setMinimumWidth(420)
 
+        self.registry: SegmentRegistry = registry_for(napari_viewer)
+        self.remembered: Remembered | None = None
         self.destroyed.connect(partial(_stop_orphaned, self.runner))
         self._show_state(IDLE)
+
+    def finish_setup(self, remembered_fields: dict[str, Any]) -> None:
+        """End of a subclass's ``__init__``: restore the fields saved at the last launch (and save every
+        change from now on), and offer the segments loaded in the Segments widget."""
+        self.remembered = remember(self.title, remembered_fields)
+        self.registry.changed.connect(self._registry_changed)
+        self._registry_changed()
+
+    def _registry_changed(self) -> None:
+        if self._closing:
+            return
+        self.segments_changed(self.registry)
+
+    def data_config_for(self, paths: list[str], normalization: str) -> DataConfig:
+        """How the job reads ``paths``: the z range, reverse and downsample they were loaded with in the
+        Segments widget (a run reads all its segments alike), and ``normalization``."""
+        entries = [e for e in (self.registry.get(p) for p in paths) if e is not None]
+        if not entries:
+            return DataConfig(normalization=normalization)
+        ways = {(tuple(e.z_range), e.reverse, e.downsample) for e in entries}
+        if len(ways) > 1:
+            listing = "; ".join(f"{e.name}: layers {e.z_range[0]}-{e.z_range[1]}, reverse {e.reverse}, "
+                                f"downsample {e.downsample}" for e in entries)
+            raise ConfigError(f"the chosen segments were loaded with different settings ({listing}); a run reads "
+                              "all its segments alike: load them with the same z range, reverse and downsample")
+        z_range, reverse, downsample = ways.pop()
+        return DataConfig(z_range=list(z_range), reverse=reverse, downsample=downsample, normalization=normalization)
 
     # ---------------------------------------------------------------- what a subclass provides
 
@@ -222,6 +261,9 @@ class JobWidget(QWidget):
     def handle_event(self, event: Event) -> None:
         """Turn an event into plots and layers (progress is done here in the frame)."""
 
+    def segments_changed(self, registry: SegmentRegistry) -> None:
+        """The Segments widget loaded, removed or re-roled a segment: offer it in the form."""
+
     def job_done(self, outcome: JobOutcome) -> None:
         """After the job ended, however it ended."""
 
@@ -234,7 +276,7 @@ class JobWidget(QWidget):
         try:
             config = self.build_config()
         except VesuviusError as exc:
-            notify_error(f"{self.title}: {exc}")
+            notify_error(exc, self.title)
             self.status.setText(f"Not started: {exc}")
             return False
         self.config = config
@@ -242,14 +284,14 @@ class JobWidget(QWidget):
         self._device = None
         self._epochs = self.planned_epochs(config)
         self.cli_line.setText(self.cli_command(config))
-        self.cli_line.setToolTip(self.cli_line.text())
+        self.cli_line.setToolTip(self.cli_line.text() + (f"\n\n{self.cli_hint}" if self.cli_hint else ""))
         self.cli_line.setCursorPosition(0)
         self.progress.begin()
         self.status.setText("Starting…")
         try:
             self.job_starting(config)
         except VesuviusError as exc:
-            notify_error(f"{self.title}: {exc}")
+            notify_error(exc, self.title)
             self.status.setText(f"Not started: {exc}")
             return False
         self.runner.start(self.make_events(config), device=getattr(config, "device", "auto") or "auto")
@@ -282,6 +324,8 @@ class JobWidget(QWidget):
         self.settings_box.setEnabled(state == IDLE)
         if state == PAUSED:
             self.status.setText(self._running_text() + " — paused")
+        elif state == RUNNING and self.status.text().endswith(" — paused"):
+            self.status.setText(self._running_text())
         elif state == STOPPING:
             self.status.setText("Stopping after the current step; the run writes its checkpoint…")
 
@@ -299,6 +343,7 @@ class JobWidget(QWidget):
             if event.first_epoch:
                 self.status.setText(self._running_text() + f" · continuing after epoch {event.first_epoch}")
             self.cli_line.setText(self.cli_command(self.config))
+            self.cli_line.setToolTip(self.cli_line.text() + (f"\n\n{self.cli_hint}" if self.cli_hint else ""))
             self.cli_line.setCursorPosition(0)
         elif isinstance(event, StepDone):
             spe = max(event.steps_per_epoch, 1)
@@ -326,7 +371,7 @@ class JobWidget(QWidget):
         else:
             text = f"Error: {outcome.message}"
         self.status.setText(text)
-        self.progress.finish(f"{outcome.status} · {took}")
+        self.progress.finish(outcome.status)
         self.job_done(outcome)
 
     def _checkpoint_after_stop(self, outcome: JobOutcome):
@@ -345,6 +390,10 @@ class JobWidget(QWidget):
         if self._closing:
             return
         self._closing = True
+        try:
+            self.registry.changed.disconnect(self._registry_changed)
+        except (TypeError, ValueError, RuntimeError):
+            pass
         busy = self.runner.busy
         self.runner.detach()
         if busy:

@@ -32,6 +32,7 @@ class Panel:
     log: bool = False
     secondary: Sequence[str] = field(default_factory=tuple)
     secondary_label: str = ""
+    labels: dict[str, str] = field(default_factory=dict)  # legend text for a series, when not its name
 
 
 def _style_axes(ax) -> None:
@@ -84,7 +85,8 @@ class LivePlot(QWidget):
             self._primary_axes.append(ax)
             handles = []
             for name in panel.series:
-                (line,) = ax.plot([], [], color=COLORS[color_index % len(COLORS)], linewidth=1.2, label=name)
+                (line,) = ax.plot([], [], color=COLORS[color_index % len(COLORS)], linewidth=1.2,
+                                  label=panel.labels.get(name, name))
                 color_index += 1
                 self._lines[name] = line
                 self._axes_of[name] = ax
@@ -97,7 +99,7 @@ class LivePlot(QWidget):
                 self._all_axes.append(ax2)
                 for name in panel.secondary:
                     (line,) = ax2.plot([], [], color=COLORS[color_index % len(COLORS)], linewidth=1.2,
-                                       linestyle="--", marker="o", markersize=3, label=name)
+                                       linestyle="--", marker="o", markersize=3, label=panel.labels.get(name, name))
                     color_index += 1
                     self._lines[name] = line
                     self._axes_of[name] = ax2
@@ -135,6 +137,14 @@ class LivePlot(QWidget):
         xs, ys = self._data[series]
         return list(zip(xs, ys))
 
+    def drawn_points(self, series: str) -> list[tuple[float, float]]:
+        """The points of ``series`` as drawn: on its line and inside its axes' view (after a redraw)."""
+        line = self._lines[series]
+        ax = self._axes_of[series]
+        (x0, x1), (y0, y1) = sorted(ax.get_xlim()), sorted(ax.get_ylim())
+        return [(float(x), float(y)) for x, y in zip(line.get_xdata(), line.get_ydata())
+                if x0 <= x <= x1 and y0 <= y <= y1]
+
     def clear(self) -> None:
         for xs, ys in self._data.values():
             xs.clear()
@@ -151,72 +161,57 @@ class LivePlot(QWidget):
                 ax.relim()
                 ax.autoscale_view()
             else:  # an empty panel: a plain frame rather than matplotlib's -0.05..0.05 default
-                ax.set_xlim(0, 1)
+                ax.set_xlim(0, 1, auto=True)  # auto: the first points rescale it
                 if ax.get_yscale() != "log":
-                    ax.set_ylim(0, 1)
-            ax.tick_params(labelbottom=has_data, labelleft=has_data or ax not in self._primary_axes,
-                           labelright=has_data)
+                    ax.set_ylim(0, 1, auto=True)
+            if ax in self._primary_axes:
+                ax.tick_params(labelbottom=has_data, labelleft=has_data)
+            else:
+                ax.tick_params(labelright=has_data)
         self.canvas.draw_idle()
 
 
-def draw_heatmap(ax, matrix: np.ndarray, names: Sequence[str], title: str) -> None:
-    """One annotated CKA heatmap (values 0..1), names on both axes."""
-    n = len(names)
-    image = ax.imshow(matrix, vmin=0.0, vmax=1.0, cmap="magma", interpolation="nearest")
-    ax.set_title(title, fontsize=9, color=FOREGROUND)
-    ax.set_xticks(range(n))
-    ax.set_yticks(range(n))
-    ax.set_xticklabels(names, rotation=60, ha="right", fontsize=6, color=FOREGROUND)
-    ax.set_yticklabels(names, fontsize=6, color=FOREGROUND)
-    if n <= 12:
-        for i in range(n):
-            for j in range(n):
-                value = matrix[i, j]
-                if np.isfinite(value):
-                    ax.text(j, i, f"{value:.2f}", ha="center", va="center", fontsize=6,
-                            color="black" if value > 0.6 else "white")
-    return image
-
-
 class HeatmapPair(QWidget):
-    """Linear and RBF CKA side by side, sharing one colour bar."""
+    """Linear and RBF CKA side by side (``analysis.cka_plot.draw_cka``, the same figure the CLI writes)."""
 
     def __init__(self, parent: QWidget | None = None) -> None:
         super().__init__(parent)
-        self.figure = Figure(figsize=(5.0, 2.8), facecolor=BACKGROUND, layout="constrained")
+        self.figure = Figure(figsize=(5.0, 2.9), facecolor=BACKGROUND, layout="constrained")
         self.canvas = FigureCanvasQTAgg(self.figure)
-        self.canvas.setMinimumHeight(260)
+        self.canvas.setMinimumHeight(280)
         layout = QVBoxLayout(self)
         layout.setContentsMargins(0, 0, 0, 0)
         layout.addWidget(self.canvas)
         self.names: list[str] = []
-        self.linear: np.ndarray | None = None
-        self.rbf: np.ndarray | None = None
-        self.show_matrices([], np.zeros((0, 0)), np.zeros((0, 0)))
+        self.linear = np.zeros((0, 0))
+        self.rbf = np.zeros((0, 0))
+        self.title: str | None = None
+        self.show_matrices([], self.linear, self.rbf)
 
-    def show_matrices(self, names: Sequence[str], linear: np.ndarray, rbf: np.ndarray) -> None:
-        self.names = list(names)
-        self.linear = np.asarray(linear, dtype=float)
-        self.rbf = np.asarray(rbf, dtype=float)
-        self.figure.clear()
-        axes = self.figure.subplots(1, 2)
-        for ax in axes:
-            ax.set_facecolor(BACKGROUND)
-            for spine in ax.spines.values():
-                spine.set_color(GRID)
-        if not self.names:
-            for ax, title in zip(axes, ("linear CKA", "RBF CKA")):
-                ax.set_title(title, fontsize=9, color=FOREGROUND)
+    def show_matrices(self, names: Sequence[str], linear: np.ndarray, rbf: np.ndarray, title: str | None = None) -> None:
+        from napari_vesuvius_pt.analysis.cka_plot import draw_cka
+
+        self.names = [str(n) for n in names]
+        self.linear = np.asarray(linear, dtype=float).reshape(len(self.names), len(self.names))
+        self.rbf = np.asarray(rbf, dtype=float).reshape(len(self.names), len(self.names))
+        self.title = title
+        if self.names:
+            draw_cka(self.figure, self.names, self.linear, self.rbf, title=title, dark=True)
+        else:
+            self.figure.clear()
+            for ax, kind in zip(self.figure.subplots(1, 2), ("linear CKA", "RBF CKA")):
+                ax.set_facecolor(BACKGROUND)
+                ax.set_title(kind, fontsize=10, color=FOREGROUND)
                 ax.set_xticks([])
                 ax.set_yticks([])
-                ax.text(0.5, 0.5, "no matrix yet", ha="center", va="center", color=FOREGROUND, fontsize=8,
-                        transform=ax.transAxes)
-        else:
-            image = draw_heatmap(axes[0], self.linear, self.names, "linear CKA")
-            draw_heatmap(axes[1], self.rbf, self.names, "RBF CKA")
-            bar = self.figure.colorbar(image, ax=list(axes), shrink=0.8)
-            bar.ax.tick_params(colors=FOREGROUND, labelsize=6)
+                for spine in ax.spines.values():
+                    spine.set_color(GRID)
+                ax.text(0.5, 0.5, "no matrix yet:\npress Compute", ha="center", va="center", fontsize=8,
+                        color=FOREGROUND, transform=ax.transAxes)
         self.canvas.draw_idle()
 
-    def save_png(self, path, dpi: int = 150) -> None:
-        self.figure.savefig(path, dpi=dpi, facecolor=self.figure.get_facecolor())
+    def save_png(self, path) -> None:
+        """The shown matrices as a PNG on a white background, like the CLI's ``cka.png``."""
+        from napari_vesuvius_pt.analysis.cka_plot import save_cka_png
+
+        save_cka_png(path, self.names, self.linear, self.rbf, title=self.title)

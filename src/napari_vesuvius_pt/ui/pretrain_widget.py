@@ -12,7 +12,7 @@ from pathlib import Path
 
 from qtpy.QtWidgets import QCheckBox, QWidget
 
-from napari_vesuvius_pt.config import AugmentConfig, DataConfig, EncoderConfig, OptimConfig, PretrainConfig, TileConfig
+from napari_vesuvius_pt.config import AugmentConfig, EncoderConfig, OptimConfig, PretrainConfig, TileConfig
 from napari_vesuvius_pt.data.normalize import NORMALIZATIONS
 from napari_vesuvius_pt.engine.events import EpochDone, Event, StepDone
 from napari_vesuvius_pt.errors import ConfigError
@@ -21,6 +21,7 @@ from napari_vesuvius_pt.ui.device_choice import DeviceChoice
 from napari_vesuvius_pt.ui.fields import FILE_OR_FOLDER, FOLDER, PathField, PathList, combo, dspin, hrow, next_free_folder, spin
 from napari_vesuvius_pt.ui.job_panel import JobWidget
 from napari_vesuvius_pt.ui.plots import LivePlot, Panel
+from napari_vesuvius_pt.ui.segment_registry import PRETRAIN
 
 OPTIMIZERS = ("sgd", "adamw", "lars")
 TERMS = ("invariance", "variance", "covariance")
@@ -30,10 +31,13 @@ DEFAULT_RUN = Path.home() / "vesuvius-runs" / "pretrain"
 class PretrainWidget(JobWidget):
     title = "Pretrain"
     cli_name = "pretrain"
+    cli_hint = ("The run folder's config.yaml repeats this job headless, into a new folder; "
+                "vesuvius-pt pretrain --resume RUN continues the run instead.")
 
     def __init__(self, napari_viewer, parent: QWidget | None = None) -> None:
         super().__init__(napari_viewer, parent)
         d = PretrainConfig()
+        self._offered: set[str] = set()
         self.segments = PathList(FILE_OR_FOLDER, title="Add a scroll segment or fragment")
         self.segments.setToolTip("Unlabeled scroll segments (and fragments, whose labels are not used)")
         self.encoder = combo(ENCODER_NAMES, d.encoder.name, "3D ResNet trunk (MONAI)")
@@ -54,7 +58,6 @@ class PretrainWidget(JobWidget):
         self.normalization = combo(NORMALIZATIONS, d.data.normalization, "Intensity normalization of the tiles")
         self.device = DeviceChoice()
         self.run_folder = PathField(FOLDER, "run folder", title="Run folder")
-        self.run_folder.set_text(str(next_free_folder(DEFAULT_RUN)))
         self.resume = QCheckBox("continue the run in this folder")
         self.resume.setToolTip("Resume from the folder's last checkpoint (same as --resume RUN)")
 
@@ -71,14 +74,32 @@ class PretrainWidget(JobWidget):
         f.addRow("run folder", self.run_folder)
         f.addRow("", self.resume)
 
-        self.loss_plot = LivePlot(
-            [Panel("VICReg loss", ["loss"]), Panel("loss terms", TERMS, log=True)], xlabel="step")
+        self.loss_plot = LivePlot([Panel("VICReg loss and its terms", ["loss", *TERMS], log=True)],
+                                  xlabel="step", height_per_panel=2.0)
         self.collapse_plot = LivePlot(
             [Panel("collapse monitor", ["embedding_std"], ylabel="std",
                    secondary=["effective_rank"], secondary_label="effective rank")],
             xlabel="epoch", height_per_panel=1.8)
         self.results.addWidget(self.loss_plot)
         self.results.addWidget(self.collapse_plot)
+
+        self.finish_setup({
+            "encoder": self.encoder, "widen": self.widen, "tile_depth": self.tile_depth, "tile_size": self.tile_size,
+            "tile_stride": self.tile_stride, "epochs": self.epochs, "batch_size": self.batch_size, "steps": self.steps,
+            "optimizer": self.optimizer, "lr": self.lr, "z_shift": self.z_shift, "holes": self.holes,
+            "big_holes": self.big_holes, "normalization": self.normalization, "device": self.device,
+            "run_folder": self.run_folder,
+        })
+        self.run_folder.set_text(str(next_free_folder(self.run_folder.text() or DEFAULT_RUN)))
+
+    def segments_changed(self, registry) -> None:
+        # pretraining segments ticked; other loaded segments offered (fragments can pretrain without labels)
+        new = [e for e in registry.with_role(PRETRAIN) if e.key not in self._offered]
+        self.segments.offer(((str(e.path), e.label) for e in new), checked=True)
+        if new and not self._offered:
+            self.normalization.setCurrentIndex(max(0, self.normalization.findData(new[0].normalization)))
+        self.segments.offer((str(e.path), e.label) for e in registry if e.role != PRETRAIN)
+        self._offered.update(e.key for e in registry)
 
     # ---------------------------------------------------------------- config
 
@@ -97,7 +118,7 @@ class PretrainWidget(JobWidget):
             segments=segments,
             out=out,
             encoder=EncoderConfig(name=self.encoder.currentData(), widen_factor=self.widen.value()),
-            data=DataConfig(normalization=self.normalization.currentData()),
+            data=self.data_config_for(segments, self.normalization.currentData()),
             tile=TileConfig(depth=self.tile_depth.value(), size=self.tile_size.value(),
                             stride=self.tile_stride.value(), min_mask_fraction=d.tile.min_mask_fraction),
             augment=AugmentConfig(max_z_shift=self.z_shift.value(), holes=self.holes.value(),
@@ -119,16 +140,16 @@ class PretrainWidget(JobWidget):
         return run
 
     def cli_command(self, config: PretrainConfig) -> str:
-        return f"vesuvius-pt {self.cli_name} --config {shlex.quote(str(Path(config.out) / 'config.yaml'))}"
+        # the run folder's own config, into a fresh folder (the CLI refuses to overwrite a run)
+        again = next_free_folder(Path(config.out).with_name(Path(config.out).name + "-again"))
+        return shlex.join(["vesuvius-pt", self.cli_name, "--config", str(Path(config.out) / "config.yaml"),
+                           "--out", str(again)])
 
     # ---------------------------------------------------------------- events
 
     def job_starting(self, config: PretrainConfig) -> None:
         self.loss_plot.clear()
         self.collapse_plot.clear()
-        self.cli_line.setToolTip(
-            "The run folder's config.yaml repeats this job headless. Add --out NEW_FOLDER to run it "
-            "again elsewhere, or use --resume RUN to continue it.")
 
     def handle_event(self, event: Event) -> None:
         if isinstance(event, StepDone):

@@ -28,6 +28,7 @@ from qtpy.QtWidgets import QApplication
 
 from napari_vesuvius_pt.engine.events import EpochDone, Event, Failed, Finished, Started
 from napari_vesuvius_pt.errors import RunError, VesuviusError
+from napari_vesuvius_pt.ui.notify import error_text, notify_error
 
 log = logging.getLogger(__name__)
 
@@ -44,7 +45,6 @@ class _Raised:
     """Yielded by the wrapper when the engine raised; carries the exception to the GUI thread."""
 
     error: BaseException
-    user_error: bool
 
 
 @dataclass
@@ -61,14 +61,18 @@ class JobOutcome:
     seconds: float = 0.0
 
 
-def _release_device(device: str) -> None:
+def release_device(device: str, collect: bool = False) -> None:
+    """Give the device's cached memory back. ``collect`` first frees reference cycles (the closed run's
+    model and optimizer can sit in one); only from the GUI thread, since collecting there may delete
+    Qt objects, which must die in their own thread."""
     from napari_vesuvius_pt.engine.device import release_device_memory, resolve_device
 
     try:
         torch_device = resolve_device(device)
     except VesuviusError:
         return
-    gc.collect()  # the closed generator's frame may still hold the model through a reference cycle
+    if collect:
+        gc.collect()
     release_device_memory(torch_device)
 
 
@@ -103,15 +107,15 @@ def drive_events(
         if close is not None:
             close()
         raise
-    except VesuviusError as exc:
-        yield _Raised(exc, user_error=True)
+    except VesuviusError as exc:  # the user's to fix: its message says how
+        yield _Raised(exc)
     except Exception as exc:  # a bug: shown with its type, logged with the traceback
-        log.exception("job failed")
-        yield _Raised(exc, user_error=False)
+        log.error("job failed", exc_info=exc)
+        yield _Raised(exc)
     finally:
         events = None
         try:
-            _release_device(device)
+            release_device(device)
         finally:
             done.set()
 
@@ -133,24 +137,6 @@ class _EngineWorker(GeneratorWorker):
         # drive_events turns engine errors into _Raised; anything reaching here is a bridge bug, which
         # JobRunner reports through its own notification, so napari's second one is not wanted
         log.error("worker error", exc_info=exc)
-
-
-def notify_error(message: str) -> None:
-    from napari.utils.notifications import show_error
-
-    show_error(message)
-
-
-def notify_info(message: str) -> None:
-    from napari.utils.notifications import show_info
-
-    show_info(message)
-
-
-def error_message(exc: BaseException, user_error: bool) -> str:
-    if user_error:
-        return str(exc)
-    return f"{type(exc).__name__}: {exc}"
 
 
 _LIVE: set[JobRunner] = set()  # runners whose worker is still running, even if their widget is gone
@@ -183,6 +169,7 @@ class JobRunner:
         self._state = IDLE
         self._outcome: JobOutcome | None = None
         self._t0 = 0.0
+        self._device = "auto"
         self.last_outcome: JobOutcome | None = None
 
     # ---------------------------------------------------------------- state
@@ -214,6 +201,7 @@ class JobRunner:
         self._done = threading.Event()
         self._outcome = JobOutcome(status="finished")
         self._t0 = time.monotonic()
+        self._device = device
         worker = create_worker(
             drive_events,
             make_events,
@@ -279,7 +267,7 @@ class JobRunner:
         if isinstance(item, _Raised):
             outcome.status = "error"
             outcome.error = item.error
-            outcome.message = error_message(item.error, item.user_error)
+            outcome.message = error_text(item.error)
             return
         if isinstance(item, Started):
             outcome.run_dir = item.run_dir
@@ -302,13 +290,13 @@ class JobRunner:
         except Exception as exc:  # a widget bug must not take the job down with it
             log.exception("%s: handling %s failed", self.label, type(item).__name__)
             if self._notify:
-                notify_error(f"{self.label}: could not show {type(item).__name__}: {type(exc).__name__}: {exc}")
+                notify_error(exc, f"{self.label}: could not show {type(item).__name__}")
 
     def _errored(self, exc: Exception) -> None:
         if self._outcome is not None:
             self._outcome.status = "error"
             self._outcome.error = exc
-            self._outcome.message = error_message(exc, isinstance(exc, VesuviusError))
+            self._outcome.message = error_text(exc)
 
     def _finished(self) -> None:
         outcome = self._outcome or JobOutcome(status="error", message="the job ended without a result")
@@ -323,11 +311,12 @@ class JobRunner:
             except (TypeError, RuntimeError):
                 pass
         self.last_outcome = outcome
+        release_device(self._device, collect=True)
         self._set_state(IDLE)
         if self._notify:
             if outcome.status == "error":
-                notify_error(f"{self.label}: {outcome.message}")
+                notify_error(outcome.message, self.label)
             elif outcome.status == "failed":
                 where = f" (last good checkpoint: {outcome.checkpoint})" if outcome.checkpoint else ""
-                notify_error(f"{self.label}: {outcome.message}{where}")
+                notify_error(f"{outcome.message}{where}", self.label)
         self._on_done(outcome)

@@ -1,0 +1,190 @@
+"""Screenshots of the four job widgets in use, for the README: ``docs/screenshots/{pretrain,finetune,predict,cka}.png``.
+
+Runs the real workflow on synthetic data with a small encoder (a few minutes on a CPU): load segments
+with the Segments widget, pretrain, fine-tune from the pretraining run and from a random encoder on a
+drawn validation region, predict both over a second fragment, CKA of the pretraining epochs. Needs a
+display; headless: ``xvfb-run -a -s "-screen 0 1800x1100x24" python docs/make_screenshots.py``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+HERE = Path(__file__).resolve().parent
+WINDOW = (1640, 1000)
+
+
+def wait(predicate, timeout: float = 1800.0) -> None:
+    from qtpy.QtWidgets import QApplication
+
+    end = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > end:
+            raise TimeoutError("the job did not finish in time")
+        QApplication.processEvents()
+        time.sleep(0.02)
+
+
+def settle(seconds: float = 1.0) -> None:
+    from qtpy.QtWidgets import QApplication
+
+    end = time.monotonic() + seconds
+    while time.monotonic() < end:
+        QApplication.processEvents()
+        time.sleep(0.02)
+
+
+def new_viewer(title: str):
+    import napari
+
+    viewer = napari.Viewer(title=title, show=True)
+    viewer.window._qt_window.resize(*WINDOW)
+    return viewer
+
+
+def load_segment(viewer, path: Path, role: str, downsample: int = 1) -> None:
+    """Load a segment the way a user does: the Segments widget, then close it."""
+    from napari_vesuvius_pt.ui.segment_registry import registry_for
+    from napari_vesuvius_pt.ui.segments_widget import SegmentsWidget
+
+    widget = SegmentsWidget(viewer)
+    viewer.window.add_dock_widget(widget, name="Segments")
+    widget.path.set_text(str(path))
+    widget.downsample.setValue(downsample)
+    widget.role.setCurrentIndex(widget.role.findData(role))
+    settle(0.5)
+    widget.load()
+    wait(lambda: str(path) in registry_for(viewer) and registry_for(viewer).get(path).role == role, timeout=120)
+    viewer.window.remove_dock_widget(widget)
+
+
+def run_job(widget) -> None:
+    assert widget.start(), widget.status.text()
+    wait(lambda: widget.runner.state == "idle" and widget.runner.last_outcome is not None)
+    outcome = widget.runner.last_outcome
+    if outcome.status != "finished":
+        raise RuntimeError(f"{widget.title}: {outcome.status}: {outcome.message}")
+    settle(1.0)
+
+
+def shoot(viewer, out: Path) -> None:
+    from PIL import Image
+
+    settle(1.5)
+    image = viewer.screenshot(canvas_only=False, flash=False)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(image).save(out)
+    print(f"wrote {out} {image.shape[1]}x{image.shape[0]}")
+
+
+def small_model(widget, epochs: int, steps: int, batch: int) -> None:
+    widget.encoder.setCurrentIndex(widget.encoder.findData("resnet10"))
+    widget.widen.setValue(0.5)
+    widget.tile_depth.setValue(16)
+    widget.tile_size.setValue(32)
+    widget.tile_stride.setValue(16)
+    widget.epochs.setValue(epochs)
+    widget.batch_size.setValue(batch)
+    widget.steps.setValue(steps)
+    widget.device.set_value("cpu")
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", type=Path, default=HERE / "screenshots")
+    parser.add_argument("--work", type=Path, default=None, help="where data and runs go (default: a temp folder)")
+    parser.add_argument("--epochs", type=int, default=6)
+    args = parser.parse_args(argv)
+    work = args.work or Path(tempfile.mkdtemp(prefix="vesuvius-shots-"))
+    os.environ.setdefault("NAPARI_VESUVIUS_PT_SETTINGS", str(work / "widgets.json"))  # leave the user's alone
+
+    from napari_vesuvius_pt.data.synthetic import make_fragment, make_scroll_segment, write_segment
+    from napari_vesuvius_pt.ui.cka_widget import CKAWidget
+    from napari_vesuvius_pt.ui.finetune_widget import FinetuneWidget
+    from napari_vesuvius_pt.ui.predict_widget import PredictWidget
+    from napari_vesuvius_pt.ui.pretrain_widget import PretrainWidget
+    from napari_vesuvius_pt.ui.segment_registry import PRETRAIN, TRAIN, VALIDATION
+
+    data = work / "data"
+    fragment = write_segment(make_fragment((24, 320, 320), seed=0), data / "fragment-a")
+    fragment_b = write_segment(make_fragment((24, 320, 320), seed=1), data / "fragment-b")
+    scroll = write_segment(make_scroll_segment((24, 320, 320), seed=2), data / "scroll-segment", layout="layers")
+    runs = work / "runs"
+
+    # ---- Pretrain: VICReg on the scroll segment
+    viewer = new_viewer("napari-vesuvius-pt: Pretrain")
+    load_segment(viewer, scroll, PRETRAIN)
+    pretrain = PretrainWidget(viewer)
+    viewer.window.add_dock_widget(pretrain, name="Pretrain")
+    small_model(pretrain, epochs=args.epochs, steps=8, batch=8)
+    pretrain.run_folder.set_text(str(runs / "vicreg"))
+    run_job(pretrain)
+    viewer.layers.selection.active = viewer.layers[scroll.name]
+    shoot(viewer, args.out / "pretrain.png")
+    viewer.close()
+
+    # ---- Fine-tune: from the VICReg run, validated on the lower 30% of the fragment
+    viewer = new_viewer("napari-vesuvius-pt: Fine-tune")
+    load_segment(viewer, fragment, TRAIN)
+    finetune = FinetuneWidget(viewer)
+    viewer.window.add_dock_widget(finetune, name="Fine-tune")
+    small_model(finetune, epochs=args.epochs, steps=8, batch=8)
+    finetune.output_stride.setCurrentIndex(finetune.output_stride.findData(4))
+    finetune.lr.setValue(0.003)
+    shapes = finetune.regions_layer()
+    h, w = 320, 320
+    shapes.add_rectangles(np.array([[0.7 * h, 0], [h - 1, w - 1]]))
+    finetune.origin.setCurrentIndex(finetune.origin.findData("random"))
+    finetune.run_folder.set_text(str(runs / "ink-random"))
+    run_job(finetune)
+    finetune.origin.setCurrentIndex(finetune.origin.findData("run"))
+    finetune.origin_path.set_text(str(runs / "vicreg"))
+    finetune.run_folder.set_text(str(runs / "ink-vicreg"))
+    run_job(finetune)
+    viewer.layers.selection.active = viewer.layers["ink preview"]
+    shoot(viewer, args.out / "finetune.png")
+    viewer.close()
+
+    # ---- Predict & compare: both encoders over the unseen fragment
+    viewer = new_viewer("napari-vesuvius-pt: Predict & compare")
+    load_segment(viewer, fragment_b, VALIDATION)
+    predict = PredictWidget(viewer)
+    viewer.window.add_dock_widget(predict, name="Predict & compare")
+    predict.segment.set_text(str(fragment_b))
+    predict.checkpoints.add(runs / "ink-random")
+    predict.checkpoints.add(runs / "ink-vicreg")
+    predict.out.set_text(str(work / "predictions" / "fragment-b.zarr"))
+    predict.edge.setValue(8)
+    predict.batch_size.setValue(32)
+    predict.device.set_value("cpu")
+    run_job(predict)
+    viewer.layers["ink-random"].visible = False  # show one encoder over the fragment; the table has both
+    shoot(viewer, args.out / "predict.png")
+    viewer.close()
+
+    # ---- CKA: the pretraining epochs against each other and a random encoder
+    viewer = new_viewer("napari-vesuvius-pt: CKA")
+    load_segment(viewer, scroll, PRETRAIN)
+    cka = CKAWidget(viewer)
+    viewer.window.add_dock_widget(cka, name="CKA")
+    cka.run.set_text(str(runs / "vicreg"))
+    cka.random_reference.setChecked(True)
+    cka.segment.set_text(str(scroll))
+    cka.tiles.setValue(128)
+    cka.device.set_value("cpu")
+    run_job(cka)
+    shoot(viewer, args.out / "cka.png")
+    viewer.close()
+    print(f"runs and data in {work}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,329 @@
+"""Fine-tune dock widget: train an ink head (and optionally the encoder) on labeled fragments.
+
+Validation is a whole fragment, or regions the user draws on the first training fragment in a
+"validation regions" Shapes layer. Shows the loss per step, F0.5 per epoch, and a preview layer of the
+prediction over the validation tiles that is replaced after every epoch.
+"""
+
+from __future__ import annotations
+
+import shlex
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import numpy as np
+from qtpy.QtWidgets import QCheckBox, QPushButton, QWidget
+
+from napari_vesuvius_pt.config import EncoderConfig, FinetuneConfig, OptimConfig, TileConfig
+from napari_vesuvius_pt.data.normalize import NORMALIZATIONS
+from napari_vesuvius_pt.engine.events import EpochDone, Event, PreviewReady, StepDone
+from napari_vesuvius_pt.errors import ConfigError
+from napari_vesuvius_pt.models.encoder import ENCODER_NAMES
+from napari_vesuvius_pt.ui.device_choice import DeviceChoice
+from napari_vesuvius_pt.ui.fields import (
+    FILE_OR_FOLDER,
+    FOLDER,
+    PathField,
+    PathList,
+    combo,
+    dspin,
+    hrow,
+    next_free_folder,
+    spin,
+)
+from napari_vesuvius_pt.ui.job_panel import JobWidget
+from napari_vesuvius_pt.ui.layers import find_segment_layer, plane_placement
+from napari_vesuvius_pt.ui.plots import LivePlot, Panel
+from napari_vesuvius_pt.ui.segment_registry import TRAIN, VALIDATION
+
+REGIONS_LAYER = "validation regions"
+PREVIEW_LAYER = "ink preview"
+REGIONS_FILE = "val_region.json"  # the engine keeps the regions under this name in the run folder
+DEFAULT_RUN = Path.home() / "vesuvius-runs" / "finetune"
+ORIGINS = (
+    ("random", "random initialization"),
+    ("k700", "Kinetics-700 weights file"),
+    ("run", "pretraining run or checkpoint"),
+)
+VALIDATION = (("regions", "regions drawn on the first fragment"), ("fragment", "a whole validation fragment"))
+
+
+class FinetuneWidget(JobWidget):
+    title = "Fine-tune"
+    cli_name = "finetune"
+    cli_hint = ("The run folder's config.yaml (the validation regions are kept beside it as val_region.json) "
+                "repeats this job headless, into a new folder; vesuvius-pt finetune --resume RUN continues it.")
+
+    def __init__(self, napari_viewer, parent: QWidget | None = None) -> None:
+        super().__init__(napari_viewer, parent)
+        d = FinetuneConfig()
+        self._offered: set[str] = set()
+        self.fragments = PathList(FILE_OR_FOLDER, title="Add a labeled fragment")
+        self.fragments.setToolTip("Fragments with ink labels; the first ticked one carries the validation regions")
+        self.validation = combo([v for v, _ in VALIDATION])
+        for i, (_, text) in enumerate(VALIDATION):
+            self.validation.setItemText(i, text)
+        self.draw_button = QPushButton("Draw validation regions")
+        self.draw_button.setToolTip(
+            "Adds a 'validation regions' Shapes layer over the first training fragment: draw rectangles or "
+            "polygons on it. Tiles whose centre lies inside validate; tiles touching them are left out.")
+        self.draw_button.clicked.connect(self.regions_layer)
+        self.val_fragment = PathField(FILE_OR_FOLDER, "validation fragment", title="Validation fragment",
+                                      suggestions=True)
+        self.origin = combo([o for o, _ in ORIGINS], tip="Where the encoder's weights come from")
+        for i, (_, text) in enumerate(ORIGINS):
+            self.origin.setItemText(i, text)
+        self.origin_path = PathField(FILE_OR_FOLDER, "weights file, run folder or checkpoint", title="Encoder weights")
+        self.encoder = combo(ENCODER_NAMES, d.encoder.name, "Architecture (a run or checkpoint brings its own)")
+        self.widen = dspin(0.125, 4.0, d.encoder.widen_factor, 3, 0.125, "Width multiplier")
+        self.freeze = QCheckBox("freeze the encoder (train the head only)")
+        self.output_stride = combo([1, 2, 4, 8], d.output_stride, "Ink is predicted at 1/stride of the tile size")
+        self.tile_depth = spin(4, 128, d.tile.depth, "Layers per tile")
+        self.tile_size = spin(16, 512, d.tile.size, "Tile side in pixels")
+        self.tile_stride = spin(4, 512, d.tile.stride, "Grid stride of the tiles")
+        self.epochs = spin(1, 10_000, d.epochs)
+        self.batch_size = spin(1, 4096, d.batch_size)
+        self.steps = spin(0, 1_000_000, 0, "Steps per epoch; 0 = one pass over the training tiles")
+        self.steps.setSpecialValueText("one pass over the tiles")
+        self.lr = dspin(1e-6, 10.0, d.optim.lr, 5, 1e-4)
+        self.normalization = combo(NORMALIZATIONS, d.data.normalization, "Intensity normalization of the tiles")
+        self.device = DeviceChoice()
+        self.run_folder = PathField(FOLDER, "run folder", title="Run folder")
+        self.resume = QCheckBox("continue the run in this folder")
+
+        f = self.form
+        f.addRow("fragments", self.fragments)
+        f.addRow("validation", self.validation)
+        f.addRow("", self.draw_button)
+        f.addRow("val. fragment", self.val_fragment)
+        f.addRow("encoder from", self.origin)
+        f.addRow("weights", self.origin_path)
+        f.addRow("encoder", hrow(self.encoder, "width ×", self.widen))
+        f.addRow("", self.freeze)
+        f.addRow("output stride", self.output_stride)
+        f.addRow("tile", hrow(self.tile_depth, "×", self.tile_size, "stride", self.tile_stride))
+        f.addRow("epochs", hrow(self.epochs, "batch", self.batch_size))
+        f.addRow("steps", self.steps)
+        f.addRow("lr", self.lr)
+        f.addRow("normalize", self.normalization)
+        f.addRow("device", self.device)
+        f.addRow("run folder", self.run_folder)
+        f.addRow("", self.resume)
+        self.validation.currentIndexChanged.connect(self._show_validation_fields)
+        self.origin.currentIndexChanged.connect(self._show_origin_fields)
+        self._show_validation_fields()
+        self._show_origin_fields()
+
+        self.loss_plot = LivePlot([Panel("ink loss", ["loss", "bce", "dice"])], xlabel="step", height_per_panel=1.9)
+        self.f05_plot = LivePlot([Panel("validation F0.5", ["f05", "baseline_f05"], ylabel="F0.5",
+                                        labels={"f05": "F0.5 (best threshold)", "baseline_f05": "ink-prevalence baseline"})],
+                                 xlabel="epoch", height_per_panel=1.9)
+        self.results.addWidget(self.loss_plot)
+        self.results.addWidget(self.f05_plot)
+        self.preview_layer = None
+
+        self.finish_setup({
+            "validation": self.validation, "origin": self.origin, "origin_path": self.origin_path,
+            "encoder": self.encoder, "widen": self.widen, "freeze": self.freeze, "output_stride": self.output_stride,
+            "tile_depth": self.tile_depth, "tile_size": self.tile_size, "tile_stride": self.tile_stride,
+            "epochs": self.epochs, "batch_size": self.batch_size, "steps": self.steps, "lr": self.lr,
+            "normalization": self.normalization, "device": self.device, "run_folder": self.run_folder,
+        })
+        self.run_folder.set_text(str(next_free_folder(self.run_folder.text() or DEFAULT_RUN)))
+
+    def segments_changed(self, registry) -> None:
+        new = [e for e in registry if e.key not in self._offered]
+        self._offered.update(e.key for e in registry)
+        self.fragments.offer(((str(e.path), e.label) for e in new if e.role == TRAIN), checked=True)
+        self.fragments.offer((str(e.path), e.label) for e in registry if e.has_inklabels)
+        self.val_fragment.set_suggestions((str(e.path), e.label) for e in registry if e.has_inklabels)
+        validation = [e for e in new if e.role == VALIDATION]
+        if validation and not self.val_fragment.text():
+            self.val_fragment.set_text(str(validation[0].path))
+            if REGIONS_LAYER not in self.viewer.layers:
+                self.validation.setCurrentIndex(self.validation.findData("fragment"))
+
+    # ---------------------------------------------------------------- form
+
+    def _set_row_visible(self, field: QWidget, visible: bool) -> None:
+        field.setVisible(visible)
+        label = self.form.labelForField(field)
+        if label is not None:
+            label.setVisible(visible)
+
+    def _show_validation_fields(self) -> None:
+        regions = self.validation.currentData() == "regions"
+        self._set_row_visible(self.draw_button, regions)
+        self._set_row_visible(self.val_fragment, not regions)
+
+    def _show_origin_fields(self) -> None:
+        origin = self.origin.currentData()
+        self._set_row_visible(self.origin_path, origin != "random")
+        self.origin_path.edit.setPlaceholderText(
+            "Kinetics-700 weights file (.pth)" if origin == "k700" else "pretraining run folder or checkpoint .pt")
+
+    def region_fragment(self) -> str:
+        fragments = self.fragments.paths()
+        if not fragments:
+            raise ConfigError("no training fragment chosen: add a labeled fragment and tick it")
+        return fragments[0]
+
+    def regions_layer(self):
+        """The 'validation regions' Shapes layer, created over the first training fragment if needed."""
+        if REGIONS_LAYER in self.viewer.layers:
+            layer = self.viewer.layers[REGIONS_LAYER]
+        else:
+            fragment_layer = None
+            try:
+                path = self.region_fragment()
+            except ConfigError:
+                path = None
+            if path is not None:
+                entry = self.registry.get(path)
+                fragment_layer = find_segment_layer(self.viewer, path, entry.layer_names if entry else ())
+            scale, translate, extent = plane_placement(fragment_layer)
+            layer = self.viewer.add_shapes(
+                name=REGIONS_LAYER, ndim=2, scale=scale, translate=translate,
+                edge_color="#ffd24a", face_color=[1.0, 0.82, 0.29, 0.18], edge_width=max(2.0, extent / 250.0),
+            )
+        self.viewer.layers.selection.active = layer
+        layer.mode = "add_rectangle"
+        return layer
+
+    def drawn_polygons(self) -> list[np.ndarray]:
+        """The drawn regions as (K, 2) (y, x) polygons in full-resolution fragment pixels (world coordinates)."""
+        if REGIONS_LAYER not in self.viewer.layers:
+            return []
+        layer = self.viewer.layers[REGIONS_LAYER]
+        scale = np.asarray(layer.scale[-2:], dtype=float)
+        translate = np.asarray(layer.translate[-2:], dtype=float)
+        return [np.asarray(shape, dtype=float)[:, -2:] * scale + translate for shape in layer.data]
+
+    # ---------------------------------------------------------------- config
+
+    def build_config(self) -> FinetuneConfig:
+        fragments = self.fragments.paths()
+        if not fragments:
+            raise ConfigError("no training fragment chosen: add a labeled fragment and tick it")
+        for path in fragments:
+            if not Path(path).exists():
+                raise ConfigError(f"fragment not found: {path}; check the path")
+        out = self.run_folder.text()
+        if not out:
+            raise ConfigError("no run folder: choose where the checkpoints go")
+        val_fragment = val_region = None
+        resume = out if self.resume.isChecked() else None
+        if self.validation.currentData() == "fragment":
+            val_fragment = self.val_fragment.text()
+            if not val_fragment or not Path(val_fragment).exists():
+                raise ConfigError(f"validation fragment not found: {val_fragment or '(none given)'}")
+        else:
+            polygons = self.drawn_polygons()
+            if polygons:
+                val_region = str(Path(out) / REGIONS_FILE)  # written by job_starting
+            elif resume and (Path(out) / REGIONS_FILE).is_file():
+                val_region = str(Path(out) / REGIONS_FILE)
+            else:
+                raise ConfigError(
+                    "no validation region drawn: press 'Draw validation regions' and draw at least one rectangle "
+                    "or polygon on the fragment, or choose a whole validation fragment")
+        origin = self.origin.currentData()
+        if origin == "random":
+            encoder_origin = "random"
+        else:
+            weights = self.origin_path.text()
+            if not weights or not Path(weights).exists():
+                raise ConfigError(f"encoder weights not found: {weights or '(none given)'}; choose the file or run folder")
+            encoder_origin = f"k700:{weights}" if origin == "k700" else weights
+        d = FinetuneConfig()
+        return FinetuneConfig(
+            fragments=fragments,
+            val_fragment=val_fragment,
+            val_region=val_region,
+            out=out,
+            encoder_origin=encoder_origin,
+            encoder=EncoderConfig(name=self.encoder.currentData(), widen_factor=self.widen.value()),
+            freeze_encoder=self.freeze.isChecked(),
+            output_stride=int(self.output_stride.currentData()),
+            data=self.data_config_for(fragments + ([val_fragment] if val_fragment else []),
+                                      self.normalization.currentData()),
+            tile=TileConfig(depth=self.tile_depth.value(), size=self.tile_size.value(),
+                            stride=self.tile_stride.value(), min_mask_fraction=d.tile.min_mask_fraction),
+            optim=OptimConfig(name=d.optim.name, lr=self.lr.value(), weight_decay=d.optim.weight_decay),
+            epochs=self.epochs.value(),
+            batch_size=self.batch_size.value(),
+            steps_per_epoch=self.steps.value() or None,
+            device=self.device.value(),
+            resume=resume,
+        )
+
+    def make_events(self, config: FinetuneConfig) -> Callable[[], Iterator[Event]]:
+        def run() -> Iterator[Event]:
+            from napari_vesuvius_pt.engine.finetune import finetune
+
+            return finetune(config)
+
+        return run
+
+    def cli_command(self, config: FinetuneConfig) -> str:
+        # the run folder's own config, into a fresh folder (the CLI refuses to overwrite a run)
+        again = next_free_folder(Path(config.out).with_name(Path(config.out).name + "-again"))
+        return shlex.join(["vesuvius-pt", self.cli_name, "--config", str(Path(config.out) / "config.yaml"),
+                           "--out", str(again)])
+
+    # ---------------------------------------------------------------- events
+
+    def job_starting(self, config: FinetuneConfig) -> None:
+        polygons = self.drawn_polygons()
+        if config.val_region and polygons:
+            from napari_vesuvius_pt.data.tiles import save_regions
+
+            Path(config.out).mkdir(parents=True, exist_ok=True)
+            save_regions(config.val_region, polygons)
+        self.loss_plot.clear()
+        self.f05_plot.clear()
+
+    def handle_event(self, event: Event) -> None:
+        if isinstance(event, StepDone):
+            x = (event.epoch - 1) * event.steps_per_epoch + event.step
+            for name, value in event.losses.items():
+                if name in self.loss_plot.series:
+                    self.loss_plot.add_point(name, x, value)
+        elif isinstance(event, EpochDone):
+            for name in ("f05", "baseline_f05"):
+                if name in event.metrics:
+                    self.f05_plot.add_point(name, event.epoch, event.metrics[name])
+            if "f05" in event.metrics:
+                m = event.metrics
+                self.status.setText(
+                    f"Epoch {event.epoch}/{event.epochs}: F0.5 {m['f05']:.3f} at threshold {m.get('threshold', float('nan')):.2f}, "
+                    f"precision {m.get('precision', float('nan')):.3f}, recall {m.get('recall', float('nan')):.3f}, "
+                    f"AUC {m.get('auc', float('nan')):.3f}")
+        elif isinstance(event, PreviewReady):
+            self.show_preview(event)
+
+    def show_preview(self, event: PreviewReady) -> None:
+        """Replace the preview layer's data with the epoch's prediction, placed over the fragment."""
+        name = PREVIEW_LAYER
+        kwargs = {"scale": tuple(event.scale), "translate": tuple(event.translate)}
+        if name in self.viewer.layers:
+            layer = self.viewer.layers[name]
+            layer.data = event.array
+            layer.scale = kwargs["scale"]
+            layer.translate = kwargs["translate"]
+        else:
+            layer = self.viewer.add_image(
+                event.array, name=name, colormap="magma", opacity=0.6, blending="additive",
+                contrast_limits=(0.0, 1.0), **kwargs)
+        layer.metadata["epoch"] = event.epoch
+        self.preview_layer = layer
+        # keep the regions on top, so they stay editable and visible over the preview
+        if REGIONS_LAYER in self.viewer.layers:
+            layers = self.viewer.layers
+            layers.move(layers.index(REGIONS_LAYER), len(layers))
+
+    def job_done(self, outcome) -> None:
+        self.loss_plot.redraw_now()
+        self.f05_plot.redraw_now()
+        if not self.resume.isChecked():
+            self.run_folder.set_text(str(next_free_folder(self.run_folder.text())))

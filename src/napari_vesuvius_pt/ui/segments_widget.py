@@ -1,0 +1,548 @@
+"""The "Segments" dock widget: open a segment with its z range, reverse, downsampling and normalization,
+preview the normalized central layer, load it into the viewer with a role, and list what is loaded.
+
+The list is the viewer's ``SegmentRegistry`` (``ui.segment_registry``), which the training widgets read.
+Opening is lazy, but fitting a normalization and drawing the preview read samples of the volume, so they
+run in a napari ``thread_worker``; a newer request makes older results stale (they are dropped).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from qtpy.QtCore import Qt, QTimer
+from qtpy.QtGui import QImage, QPixmap
+from qtpy.QtWidgets import (
+    QAbstractItemView,
+    QCheckBox,
+    QComboBox,
+    QFormLayout,
+    QGroupBox,
+    QHBoxLayout,
+    QHeaderView,
+    QLabel,
+    QPushButton,
+    QSizePolicy,
+    QTableWidget,
+    QTableWidgetItem,
+    QVBoxLayout,
+    QWidget,
+)
+
+from napari_vesuvius_pt._reader import MASK_COLOR, layers_of_segment, robust_contrast_limits
+from napari_vesuvius_pt.data.normalize import NORMALIZATIONS, Normalizer, fit_normalizer
+from napari_vesuvius_pt.data.segment import Segment, open_segment
+from napari_vesuvius_pt.errors import VesuviusError
+from napari_vesuvius_pt.ui.fields import FILE_OR_FOLDER, PathField, combo, hrow, spin
+from napari_vesuvius_pt.ui.notify import notify_error, reporting_errors
+from napari_vesuvius_pt.ui.segment_registry import (
+    PRETRAIN,
+    ROLES,
+    TRAIN,
+    LoadedSegment,
+    check_role,
+    path_key,
+    registry_for,
+)
+from napari_vesuvius_pt.ui.settings import load_settings, remember, save_settings
+
+TITLE = "Segments"
+PREVIEW_SIDE = 260  # pixels of the preview's longer side (small previews are enlarged on screen)
+# what a normalization's output range is, for showing it on 8 bits (None: the preview's own percentiles)
+DISPLAY_RANGE: dict[str, tuple[float, float] | None] = {
+    "none": None, "kaggle": (0.0, 200.0 / 255.0), "minmax": (0.0, 1.0), "zscore": (-2.5, 2.5),
+    "instance": (-2.5, 2.5),
+}
+COLUMNS = ("segment", "role")
+SHORT_ROLE = {"pretraining segment": "pretrain", "training fragment": "train", "validation fragment": "validate"}
+
+
+# ---------------------------------------------------------------- work done in a thread (no Qt)
+
+
+@dataclass(frozen=True)
+class OpenOptions:
+    path: str
+    z_range: tuple[int, int] | None
+    reverse: bool
+    downsample: int
+    normalization: str
+
+
+@dataclass
+class Preview:
+    options: OpenOptions
+    segment: Segment
+    n_layers: int  # layers in the file (before the z range)
+    normalizer: Normalizer
+    layer: int  # the volume layer shown
+    image: np.ndarray  # float32 (h, w), normalized, reduced to the preview size
+    mask: np.ndarray | None  # bool (h, w) at the preview size
+    factor: int  # preview pixel = factor x factor volume pixels
+
+
+def central_layer_thumbnail(volume: Any, max_side: int = PREVIEW_SIDE,
+                            band_rows: int = 512) -> tuple[np.ndarray, int, int]:
+    """The central layer of ``volume`` reduced by block means to at most ``max_side`` pixels, in the raw
+    dtype; read in bands of rows, so memory holds one band, never the whole layer at full resolution.
+    Returns (thumbnail, layer index, factor)."""
+    nz, h, w = volume.shape
+    z = nz // 2
+    f = max(1, math.ceil(max(h, w) / max_side))
+    th, tw = h // f, w // f
+    out = np.empty((th, tw), dtype=volume.dtype)
+    step = f * max(1, band_rows // f)
+    for y0 in range(0, th * f, step):
+        y1 = min(y0 + step, th * f)
+        band = np.asarray(volume[z, y0:y1, 0:tw * f], dtype=np.float64)
+        blocks = band.reshape((y1 - y0) // f, f, tw, f).mean(axis=(1, 3))
+        if np.issubdtype(out.dtype, np.integer):
+            blocks = np.rint(blocks)
+        out[y0 // f:y1 // f] = blocks.astype(out.dtype)
+    return out, z, f
+
+
+def make_preview(options: OpenOptions, n_layers: int | None = None) -> Preview:
+    """Open the segment as asked, fit its normalization and normalize a thumbnail of its central layer."""
+    if n_layers is None or options.z_range is None:
+        full = open_segment(options.path, reverse=options.reverse, downsample=options.downsample)
+        n_layers = full.shape[0]
+        if options.z_range is None:
+            segment = full
+        else:
+            segment = open_segment(options.path, options.z_range, options.reverse, options.downsample)
+    else:
+        segment = open_segment(options.path, options.z_range, options.reverse, options.downsample)
+    normalizer = fit_normalizer(options.normalization, segment.volume, segment.mask)
+    raw, z, f = central_layer_thumbnail(segment.volume)
+    mask = None
+    if segment.mask is not None:
+        th, tw = raw.shape
+        mask = segment.mask[: th * f, : tw * f].reshape(th, f, tw, f).mean(axis=(1, 3)) >= 0.5
+    return Preview(options, segment, n_layers, normalizer, z, normalizer(raw), mask, f)
+
+
+@dataclass
+class _UserError:
+    error: VesuviusError
+
+
+def _user_errors_returned(func, *args: Any) -> Any:
+    """``func(*args)``, or the ``VesuviusError`` it raised, wrapped and returned rather than raised (a worker
+    treats a returned exception as raised, and napari would show a second notification with a traceback)."""
+    try:
+        return func(*args)
+    except VesuviusError as exc:
+        return _UserError(exc)
+
+
+def to_rgb8(preview: Preview) -> np.ndarray:
+    """The normalized thumbnail as (h, w, 3) uint8: gray over the normalization's output range, the mask
+    outline drawn in the mask colour."""
+    img = preview.image
+    span = DISPLAY_RANGE.get(preview.normalizer.name)
+    if span is None:
+        inside = img[preview.mask] if preview.mask is not None and preview.mask.any() else img
+        span = tuple(float(v) for v in np.percentile(inside, (0.5, 99.5)))
+    low, high = span
+    gray = np.clip((img - low) / max(high - low, 1e-12), 0.0, 1.0)
+    rgb = np.repeat((gray * 255.0 + 0.5).astype(np.uint8)[..., None], 3, axis=2)
+    if preview.mask is not None:
+        from scipy import ndimage
+
+        edge = preview.mask & ~ndimage.binary_erosion(preview.mask, border_value=0)
+        rgb[edge] = [int(MASK_COLOR[i:i + 2], 16) for i in (1, 3, 5)]
+    return rgb
+
+
+def describe_normalized(preview: Preview) -> str:
+    """One line on the normalized values inside the mask, and the fitted parameters."""
+    img = preview.image
+    inside = img[preview.mask] if preview.mask is not None and preview.mask.any() else img.ravel()
+    p1, p99 = np.percentile(inside, (1, 99))
+    text = (f"normalized layer {preview.layer}: mean {inside.mean():.3g} ± {inside.std():.3g}, "
+            f"p1–p99 {p1:.3g}…{p99:.3g}")
+    params = ", ".join(f"{k} {v:.0f}" if abs(v) >= 1000 else f"{k} {v:.4g}"
+                       for k, v in preview.normalizer.params.items())
+    return f"{text}\nfitted: {params}" if params else text
+
+
+def display_limits(normalizer: Normalizer, volume: Any, mask: np.ndarray | None) -> tuple[float, float] | None:
+    """Contrast limits under which the raw volume looks as the model sees it after ``normalizer``."""
+    p = normalizer.params
+    if normalizer.name == "minmax":
+        return p["low"], p["high"]
+    if normalizer.name == "zscore":
+        lo, hi = DISPLAY_RANGE["zscore"]  # type: ignore[misc]
+        return p["mean"] + lo * p["std"], p["mean"] + hi * p["std"]
+    if normalizer.name == "kaggle":
+        return (0.0, 200.0 * 256) if np.dtype(volume.dtype) == np.uint16 else (0.0, 200.0)
+    return robust_contrast_limits(volume, mask)
+
+
+# ---------------------------------------------------------------- the widget
+
+
+def _disconnecter(registry: Any, viewer: Any, refresh: Any, layer_removed: Any):
+    """A slot for ``destroyed``: stop the registry and the viewer calling into a deleted widget."""
+
+    def disconnect(*_args: Any) -> None:
+        registry.changed.disconnect(refresh)
+        try:
+            viewer.layers.events.removed.disconnect(layer_removed)
+        except (RuntimeError, TypeError, ValueError):  # the viewer went first
+            pass
+
+    return disconnect
+
+
+class SegmentsWidget(QWidget):
+    def __init__(self, napari_viewer: Any, parent: QWidget | None = None) -> None:
+        super().__init__(parent)
+        self.viewer = napari_viewer
+        self.registry = registry_for(napari_viewer)
+        self._generation = 0  # newer requests make older preview results stale
+        self._n_layers: int | None = None  # layers in the file at the current path
+        self._preview: Preview | None = None
+        self._requested: OpenOptions | None = None  # the options of the newest preview asked for
+        self._role_chosen_by_user = False  # since the path changed
+        self._suggesting_role = False
+        self._load_requested = False  # Load was pressed before the preview for the options was ready
+        self._workers: set[Any] = set()
+        self._layers: dict[str, list[Any]] = {}  # registry key -> the layers shown for it
+
+        # -- open
+        self.path = PathField(FILE_OR_FOLDER, "segment folder, .tif or .zarr", title="Choose a segment")
+        self.path.setToolTip("A Kaggle fragment folder (surface_volume/), a scroll segment folder (layers/), "
+                             "a multi-page TIFF, or a zarr / OME-Zarr")
+        self.info = QLabel("Choose a segment.")
+        self.info.setWordWrap(True)
+        self.z_start = spin(0, 0, 0, "First layer to read (index in the file)")
+        self.z_stop = spin(1, 1, 1, "Read layers up to, not including, this one")
+        self.reverse = QCheckBox("reverse")
+        self.reverse.setToolTip("Flip the depth axis: some published segments are stored reversed")
+        self.downsample = spin(1, 16, 1, "In-plane downsampling factor (block mean); 2 halves the resolution")
+        self.downsample.setPrefix("÷ ")
+        self.normalization = combo(NORMALIZATIONS, "kaggle", "How layers become model input: see the preview")
+        self.preview_image = QLabel()
+        self.preview_image.setAlignment(Qt.AlignmentFlag.AlignCenter)
+        self.preview_image.setMinimumHeight(120)
+        self.preview_image.setSizePolicy(QSizePolicy.Policy.Expanding, QSizePolicy.Policy.Preferred)
+        self.preview_text = QLabel("")
+        self.preview_text.setWordWrap(True)
+        self.role = combo(ROLES, PRETRAIN, "What the segment is for in the training widgets")
+        self.load_button = QPushButton("Load")
+        self.load_button.setToolTip("Add the segment's layers to the viewer and to the list below")
+        self.load_button.setEnabled(False)
+        self.status = QLabel("")
+        self.status.setWordWrap(True)
+
+        open_box = QGroupBox("Open")
+        form = QFormLayout(open_box)
+        form.addRow("path", self.path)
+        form.addRow("", self.info)
+        form.addRow("layers", hrow(self.z_start, "to", self.z_stop))
+        form.addRow("downsample", hrow(self.downsample, self.reverse))
+        form.addRow("normalize", self.normalization)
+        form.addRow(self.preview_image)
+        form.addRow(self.preview_text)
+        form.addRow("role", self.role)
+        form.addRow(self.load_button)
+        form.addRow(self.status)
+
+        # -- loaded segments
+        self.table = QTableWidget(0, len(COLUMNS))
+        self.table.setHorizontalHeaderLabels(COLUMNS)
+        self.table.verticalHeader().setVisible(False)
+        self.table.setSelectionBehavior(QAbstractItemView.SelectionBehavior.SelectRows)
+        self.table.setEditTriggers(QAbstractItemView.EditTrigger.NoEditTriggers)
+        header = self.table.horizontalHeader()
+        header.setSectionResizeMode(0, QHeaderView.ResizeMode.Stretch)
+        header.setSectionResizeMode(1, QHeaderView.ResizeMode.Fixed)
+        self.table.setColumnWidth(1, 112)  # the role combo box (column sizing ignores cell widgets)
+        self.table.setMinimumHeight(120)
+        self.table.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
+        self.remove_button = QPushButton("Remove")
+        self.remove_button.setToolTip("Remove the selected segments and their layers")
+        loaded_box = QGroupBox("Loaded segments")
+        loaded = QVBoxLayout(loaded_box)
+        loaded.addWidget(self.table)
+        buttons = QHBoxLayout()
+        buttons.addStretch(1)
+        buttons.addWidget(self.remove_button)
+        loaded.addLayout(buttons)
+
+        layout = QVBoxLayout(self)
+        layout.addWidget(open_box)
+        layout.addWidget(loaded_box)
+        layout.addStretch(1)
+
+        # -- behaviour
+        self._debounce = QTimer(self)
+        self._debounce.setSingleShot(True)
+        self._debounce.setInterval(250)
+        self._debounce.timeout.connect(self._request_preview)
+        self.path.changed.connect(self._path_changed)
+        for box in (self.z_start, self.z_stop, self.downsample):
+            box.valueChanged.connect(self._options_changed)
+        self.z_start.valueChanged.connect(self._keep_start_below_stop)
+        self.z_stop.valueChanged.connect(self._keep_stop_above_start)
+        self.reverse.toggled.connect(self._options_changed)
+        self.normalization.currentIndexChanged.connect(self._options_changed)
+        self.load_button.clicked.connect(self.load)
+        self.role.currentIndexChanged.connect(self._role_changed)
+        self.remove_button.clicked.connect(self.remove_selected)
+        self.registry.changed.connect(self._refresh_table)
+        self.viewer.layers.events.removed.connect(self._layer_removed)
+        self.destroyed.connect(_disconnecter(self.registry, self.viewer, self._refresh_table, self._layer_removed))
+
+        self.remembered = remember(TITLE, {"normalization": self.normalization, "downsample": self.downsample,
+                                           "reverse": self.reverse})
+        last = load_settings(TITLE).get("path")
+        if isinstance(last, str) and last and Path(last).exists():
+            self.path.set_text(last)
+        self._refresh_table()
+
+    # ---------------------------------------------------------------- options
+
+    def options(self) -> OpenOptions:
+        z_range = (self.z_start.value(), self.z_stop.value()) if self._n_layers else None
+        return OpenOptions(self.path.text(), z_range, self.reverse.isChecked(), self.downsample.value(),
+                           str(self.normalization.currentData()))
+
+    def _set_z_limits(self, n_layers: int) -> None:
+        for box in (self.z_start, self.z_stop):
+            box.blockSignals(True)
+        self.z_start.setRange(0, n_layers - 1)
+        self.z_stop.setRange(1, n_layers)
+        self.z_start.setValue(0)
+        self.z_stop.setValue(n_layers)
+        for box in (self.z_start, self.z_stop):
+            box.blockSignals(False)
+
+    def _keep_start_below_stop(self, start: int) -> None:
+        if start >= self.z_stop.value():
+            self.z_stop.setValue(start + 1)
+
+    def _keep_stop_above_start(self, stop: int) -> None:
+        if stop <= self.z_start.value():
+            self.z_start.setValue(stop - 1)
+
+    def _role_changed(self, _index: int) -> None:
+        if not self._suggesting_role:
+            self._role_chosen_by_user = True
+
+    def _path_changed(self, text: str) -> None:
+        self._role_chosen_by_user = False
+        self._n_layers = None
+        self._preview = None
+        self._load_requested = False
+        self.load_button.setEnabled(bool(text.strip()))  # Load before the preview is ready loads when it is
+        self.preview_image.clear()
+        self.preview_text.setText("")
+        if text.strip():
+            save_settings(TITLE, {"path": text.strip()})
+            self.info.setText("Reading…")
+            self._debounce.start()
+        else:
+            self.info.setText("Choose a segment.")
+
+    def _options_changed(self, *_args: Any) -> None:
+        if self.path.text():
+            self._debounce.start()
+
+    # ---------------------------------------------------------------- background work
+
+    def _start(self, func, *args, on_done) -> None:
+        """Run ``func(*args)`` in a napari worker thread; ``on_done(result)`` in the GUI thread unless a newer
+        request came meanwhile. A user error comes back as a value (one notification, ours); a bug goes to
+        ``errored``, which napari reports with its traceback."""
+        from napari.qt.threading import create_worker
+
+        self._generation += 1
+        generation = self._generation
+        worker = create_worker(_user_errors_returned, func, *args, _start_thread=False, _connect={
+            "returned": lambda result: self._finished(generation, result, on_done),
+            "errored": lambda exc: self._failed(generation, exc, notify=False),
+        })
+        worker.finished.connect(lambda: self._workers.discard(worker))
+        self._workers.add(worker)
+        worker.start()
+
+    @property
+    def busy(self) -> bool:
+        """Whether a preview or load is still being prepared."""
+        return bool(self._workers) or self._debounce.isActive()
+
+    @property
+    def preview_is_current(self) -> bool:
+        """Whether the preview shown is the one of the options as they are now."""
+        return not self.busy and self._preview is not None and self._preview.options == self.options()
+
+    def _request_preview(self) -> None:
+        options = self.options()
+        if not options.path:
+            return
+        self.status.setText("Preparing the preview…")
+        self._requested = options
+        self._start(make_preview, options, self._n_layers, on_done=self._show_preview)
+
+    def _finished(self, generation: int, result: Any, on_done) -> None:
+        if isinstance(result, _UserError):
+            self._failed(generation, result.error)
+        elif generation == self._generation:
+            on_done(result)
+
+    def _failed(self, generation: int, exc: BaseException, notify: bool = True) -> None:
+        if generation != self._generation:
+            return
+        self._load_requested = False
+        self.status.setText("")
+        if self._preview is None:
+            self.info.setText("Cannot open this path (see the notification).")
+            self.preview_image.clear()
+            self.preview_text.setText("")
+        self.load_button.setEnabled(self._preview is not None)
+        if notify:
+            notify_error(exc, TITLE)
+
+    def _show_preview(self, preview: Preview) -> None:
+        segment = preview.segment
+        if self._n_layers is None:  # first look at this path: all layers
+            self._n_layers = preview.n_layers
+            self._set_z_limits(preview.n_layers)
+            if not self._role_chosen_by_user:  # suggest one, unless the user already chose
+                self._suggesting_role = True
+                self.role.setCurrentIndex(self.role.findData(TRAIN if segment.inklabels is not None else PRETRAIN))
+                self._suggesting_role = False
+            preview.options = self.options() if preview.options.z_range is None else preview.options
+        self._preview = preview
+        z, y, x = segment.shape
+        has = ["mask" if segment.mask is not None else "no mask",
+               "ink labels" if segment.inklabels is not None else "no ink labels"]
+        self.info.setText(f"{segment.fmt} · {preview.n_layers} layers · {segment.dtype}\n"
+                          f"read as {z}×{y}×{x} · {' · '.join(has)}")
+        self.info.setToolTip(f"{segment.path}\n{segment.storage}")
+        rgb = np.ascontiguousarray(to_rgb8(preview))
+        h, w, _ = rgb.shape
+        image = QImage(rgb.data, w, h, 3 * w, QImage.Format.Format_RGB888).copy()
+        pixmap = QPixmap.fromImage(image)
+        if max(w, h) != PREVIEW_SIDE:  # enlarge small previews pixel by pixel, shrink large ones smoothly
+            mode = (Qt.TransformationMode.FastTransformation if max(w, h) < PREVIEW_SIDE
+                    else Qt.TransformationMode.SmoothTransformation)
+            pixmap = pixmap.scaled(PREVIEW_SIDE, PREVIEW_SIDE, Qt.AspectRatioMode.KeepAspectRatio, mode)
+        self.preview_image.setPixmap(pixmap)
+        self.preview_image.setToolTip(f"normalized ({preview.normalizer.name}) layer {preview.layer}; "
+                                      f"one preview pixel is {preview.factor}×{preview.factor} volume pixels")
+        self.preview_text.setText(describe_normalized(preview))
+        self.status.setText("")
+        self.load_button.setEnabled(True)
+        if self._load_requested and preview.options == self.options() and not self._debounce.isActive():
+            self._load_requested = False
+            self._add(preview)
+
+    # ---------------------------------------------------------------- load and the list
+
+    def load(self) -> None:
+        """Add the segment, opened with the current options, to the viewer and the registry."""
+        options = self.options()
+        if self._preview is not None and self._preview.options == options and not self._debounce.isActive():
+            self._add(self._preview)
+            return
+        if not options.path:
+            notify_error("choose a segment first (a folder, .tif or .zarr)", TITLE)
+            return
+        self._load_requested = True  # added as soon as the preview for these options is ready
+        self.load_button.setEnabled(False)
+        if self._workers and self._requested == options and not self._debounce.isActive():
+            return  # that preview is on its way
+        self._debounce.stop()
+        self._request_preview()
+
+    def _add(self, preview: Preview) -> None:
+        from napari.layers import Layer
+
+        segment = preview.segment
+        role = str(self.role.currentData())
+        with reporting_errors(TITLE):
+            entry = LoadedSegment(
+                path=segment.path, name=segment.name, role=role, shape=tuple(segment.shape), dtype=str(segment.dtype),
+                z_range=tuple(segment.z_range), reverse=segment.reverse, downsample=segment.downsample,
+                normalization=preview.normalizer.name, normalization_params=dict(preview.normalizer.params),
+                has_mask=segment.mask is not None, has_inklabels=segment.inklabels is not None, fmt=segment.fmt)
+            check_role(role, entry.has_inklabels, segment.name)
+            self._remove_layers(entry.key)
+            limits = display_limits(preview.normalizer, segment.volume, segment.mask)
+            layers = [self.viewer.add_layer(Layer.create(*data)) for data in layers_of_segment(segment, limits)]
+            self._layers[entry.key] = layers
+            entry = replace(entry, layer_names=tuple(layer.name for layer in layers))
+            self.registry.add(entry)
+            self.status.setText(f"Loaded {segment.name} as a {role}.")
+
+    def _remove_layers(self, key: str) -> None:
+        for layer in self._layers.pop(key, []):
+            if layer in self.viewer.layers:
+                self.viewer.layers.remove(layer)
+
+    def _layer_removed(self, event: Any) -> None:
+        """A segment whose volume layer the user deletes leaves the list too."""
+        layer = event.value
+        for key, layers in list(self._layers.items()):
+            if layers and layers[0] is layer:
+                self._layers.pop(key)
+                self.registry.remove(key)
+
+    def remove_selected(self) -> None:
+        rows = sorted({index.row() for index in self.table.selectedIndexes()}, reverse=True)
+        entries = list(self.registry)
+        for row in rows:
+            if row < len(entries):
+                key = entries[row].key
+                self._remove_layers(key)
+                self.registry.remove(key)
+
+    def _refresh_table(self) -> None:
+        entries = list(self.registry)
+        self.table.setRowCount(len(entries))
+        for row, entry in enumerate(entries):
+            z, y, x = entry.shape
+            has = [k for k, v in (("mask", entry.has_mask), ("ink", entry.has_inklabels)) if v]
+            name = QTableWidgetItem(f"{entry.name}\n{z}×{y}×{x} · {' · '.join(has) or 'no mask'}")
+            extra = f", layers {entry.z_range[0]}–{entry.z_range[1]}" + (", reversed" if entry.reverse else "")
+            extra += f", ÷{entry.downsample}" if entry.downsample > 1 else ""
+            name.setToolTip(f"{entry.path}\n{entry.fmt}{extra}, normalization {entry.normalization}")
+            self.table.setItem(row, 0, name)
+            role = QComboBox()
+            for r in ROLES:
+                role.addItem(SHORT_ROLE[r], r)
+            role.setToolTip("The segment's role: " + ", ".join(ROLES))
+            role.setCurrentIndex(role.findData(entry.role))
+            role.currentIndexChanged.connect(lambda _i, box=role, key=entry.key: self._role_chosen(key, box))
+            holder = QWidget()  # keeps the combo at its natural height in the taller two-line row
+            cell = QVBoxLayout(holder)
+            cell.setContentsMargins(2, 0, 2, 0)
+            cell.addWidget(role)
+            self.table.setCellWidget(row, 1, holder)
+        self.table.resizeRowsToContents()
+
+    def role_box(self, row: int) -> QComboBox:
+        """The role combo box of the list's ``row``."""
+        return self.table.cellWidget(row, 1).findChild(QComboBox)
+
+    def _role_chosen(self, key: str, box: QComboBox) -> None:
+        try:
+            self.registry.set_role(key, str(box.currentData()))
+        except VesuviusError as exc:
+            notify_error(exc, TITLE)
+            entry = self.registry.get(key)
+            if entry is not None:
+                box.blockSignals(True)
+                box.setCurrentIndex(box.findData(entry.role))
+                box.blockSignals(False)
+
+    def entry_for(self, path: str | Path) -> LoadedSegment | None:
+        return self.registry.get(path_key(path))

@@ -1,0 +1,123 @@
+"""The Predict & compare dock widget: two checkpoints over the synthetic fragment give two prediction
+layers, the ink labels, and a metrics table that agrees with engine.evaluate."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from napari_vesuvius_pt.config import DataConfig, EncoderConfig, TileConfig, to_dict
+from napari_vesuvius_pt.engine.evaluate import evaluate
+from napari_vesuvius_pt.engine.events import TilesDone
+from napari_vesuvius_pt.engine.prediction_store import open_prediction
+from napari_vesuvius_pt.models.checkpoint import save_checkpoint
+from napari_vesuvius_pt.models.encoder import encoder_from_spec
+from napari_vesuvius_pt.models.head import InkModel
+from napari_vesuvius_pt.ui.predict_widget import PredictWidget
+
+JOB_TIMEOUT_MS = 120_000
+
+
+@pytest.fixture(autouse=True)
+def own_settings(tmp_path, monkeypatch):
+    """Widget settings go to a file of this test's own, not the user's."""
+    monkeypatch.setenv("NAPARI_VESUVIUS_PT_SETTINGS", str(tmp_path / "widgets.json"))
+
+
+def ink_checkpoint(path: Path, seed: int) -> Path:
+    """A fine-tuning checkpoint of a tiny untrained ink model, in the format the engine writes."""
+    torch.manual_seed(seed)
+    spec = EncoderConfig(name="resnet10", widen_factor=0.25)
+    model = InkModel(encoder_from_spec(spec), output_stride=4)
+    return save_checkpoint(path, {
+        "kind": "finetune", "encoder_spec": to_dict(spec), "encoder": model.encoder.state_dict(),
+        "head": model.head.state_dict(), "output_stride": 4, "tile": to_dict(TileConfig(depth=16, size=32, stride=32)),
+        "data": to_dict(DataConfig()), "epoch": 1, "metrics": {},
+    })
+
+
+@pytest.fixture(scope="module")
+def checkpoints(tmp_path_factory) -> list[Path]:
+    root = tmp_path_factory.mktemp("ckpts")
+    return [ink_checkpoint(root / "encoder-a.pt", 1), ink_checkpoint(root / "encoder-b.pt", 2)]
+
+
+def wait_done(qtbot, widget) -> None:
+    qtbot.waitUntil(lambda: widget.runner.state == "idle" and widget.runner.last_outcome is not None,
+                    timeout=JOB_TIMEOUT_MS)
+
+
+def test_predict_two_checkpoints_gives_two_layers_and_a_metrics_table(make_napari_viewer, qtbot, fragment_dir,
+                                                                      checkpoints, tmp_path):
+    viewer = make_napari_viewer()
+    widget = PredictWidget(viewer)
+    viewer.window.add_dock_widget(widget)
+    widget.segment.set_text(str(fragment_dir))
+    for ckpt in checkpoints:
+        widget.checkpoints.add(ckpt)
+    out = tmp_path / "pred.zarr"
+    widget.out.set_text(str(out))
+    widget.batch_size.setValue(16)
+    widget.edge.setValue(0)  # stride = tile size: 36 tiles per encoder
+    widget.device.set_value("cpu")
+    assert widget.start()
+    wait_done(qtbot, widget)
+    assert widget.runner.last_outcome.status == "finished", widget.status.text()
+
+    store = open_prediction(out)
+    assert store.names == ["encoder-a", "encoder-b"]
+    for name in store.names:
+        layer = viewer.layers[name]
+        assert layer.colormap.name == "magma" and layer.opacity == pytest.approx(0.6)
+        assert tuple(layer.scale) == tuple(store.layer_kwargs(name)["scale"])
+        np.testing.assert_array_equal(np.asarray(layer.data), np.asarray(store.array(name)))
+        assert np.asarray(layer.data).max() > 0
+    labels = viewer.layers[f"{fragment_dir.name} ink labels"]
+    assert type(labels).__name__ == "Labels" and labels.data.shape == (192, 192) and labels.data.max() == 1
+
+    table = widget.metrics_rows()
+    assert list(table) == ["encoder-a", "encoder-b"]
+    expected = evaluate(out, fragment_dir)
+    for name, row in table.items():
+        assert row["F0.5"] == pytest.approx(expected[name].f05, abs=1e-3)
+        assert row["precision"] == pytest.approx(expected[name].precision, abs=1e-3)
+        assert row["recall"] == pytest.approx(expected[name].recall, abs=1e-3)
+        assert row["AUC"] == pytest.approx(expected[name].auc, abs=1e-3)
+
+    widget.side_by_side.setChecked(True)
+    assert viewer.canvas.grid.enabled
+    widget.side_by_side.setChecked(False)
+    assert not viewer.canvas.grid.enabled
+    assert "--checkpoint" in widget.cli_line.text() and str(out) in widget.cli_line.text()
+
+
+def test_a_stopped_prediction_keeps_its_layers_and_resumes(make_napari_viewer, qtbot, fragment_dir, checkpoints,
+                                                           tmp_path):
+    viewer = make_napari_viewer()
+    widget = PredictWidget(viewer)
+    widget.segment.set_text(str(fragment_dir))
+    widget.checkpoints.add(checkpoints[0])
+    out = tmp_path / "pred.zarr"
+    widget.out.set_text(str(out))
+    widget.batch_size.setValue(1)
+    widget.edge.setValue(0)
+    widget.device.set_value("cpu")
+    tiles = []
+    assert widget.start()
+    widget.worker.yielded.connect(lambda e: tiles.append(e) if isinstance(e, TilesDone) else None)
+    qtbot.waitUntil(lambda: len(tiles) >= 3, timeout=JOB_TIMEOUT_MS)
+    widget.stop()
+    wait_done(qtbot, widget)
+    assert widget.runner.last_outcome.status == "stopped"
+    assert "encoder-a" in viewer.layers and "Stopped" in widget.status.text()
+    assert widget.table.rowCount() == 0  # no scores for an unfinished prediction
+    # the next run resumes the same store and completes it
+    widget.batch_size.setValue(16)
+    assert widget.start()
+    wait_done(qtbot, widget)
+    assert widget.runner.last_outcome.status == "finished"
+    assert open_prediction(out).done_rows("encoder-a") == open_prediction(out).array("encoder-a").shape[0]
+    assert widget.table.rowCount() == 1
