@@ -161,8 +161,9 @@ def main(argv: list[str] | None = None) -> int:
               f"{'augment share':>14}")
     print(header)
     print("-" * len(header))
-    share_rows = [("resnet10" if args.quick else "resnet18", args.demo_size, args.demo_width, demo_batch, iters),
-                  ("resnet50", args.seed_size, args.seed_width, seed_batch, seed_iters)]
+    demo_names = ["resnet10", "resnet18"] if args.quick else args.encoders
+    share_rows = [(name, args.demo_size, args.demo_width, demo_batch, iters) for name in demo_names]
+    share_rows += [(name, args.seed_size, args.seed_width, seed_batch, seed_iters) for name in seed_names]
     for name, size, width, batch, n in share_rows:
         aug, step = augment_share(name, width, size, batch, device, warmup, n, args.amp)
         share = aug / (aug + step)

@@ -59,9 +59,13 @@ def load_segment(viewer, path: Path, role: str, downsample: int = 1) -> None:
     widget.path.set_text(str(path))
     widget.downsample.setValue(downsample)
     widget.role.setCurrentIndex(widget.role.findData(role))
-    settle(0.5)
-    widget.load()
-    wait(lambda: str(path) in registry_for(viewer) and registry_for(viewer).get(path).role == role, timeout=120)
+    registry = registry_for(viewer)
+    try:
+        wait(widget.load_button.isEnabled, timeout=300)  # the preview of the normalized layer is ready
+        widget.load()
+        wait(lambda: str(path) in registry and registry.get(path).role == role, timeout=300)
+    except TimeoutError:
+        raise TimeoutError(f"loading {path}: {widget.info.text()} / {widget.status.text()}") from None
     viewer.window.remove_dock_widget(widget)
 
 
@@ -139,8 +143,12 @@ def main(argv=None) -> int:
     finetune.output_stride.setCurrentIndex(finetune.output_stride.findData(4))
     finetune.lr.setValue(0.003)
     shapes = finetune.regions_layer()
-    h, w = 320, 320
-    shapes.add_rectangles(np.array([[0.7 * h, 0], [h - 1, w - 1]]))
+    # validate on the last line of writing: the rows from 60% of the way through the inked rows down
+    from napari_vesuvius_pt.data.segment import open_segment
+
+    ink_rows = np.nonzero(np.asarray(open_segment(fragment).inklabels).any(axis=1))[0]
+    top = int(ink_rows[0] + 0.6 * (ink_rows[-1] - ink_rows[0]))
+    shapes.add_rectangles(np.array([[top, 0], [ink_rows[-1] + 8, 319]]))
     finetune.origin.setCurrentIndex(finetune.origin.findData("random"))
     finetune.run_folder.set_text(str(runs / "ink-random"))
     run_job(finetune)

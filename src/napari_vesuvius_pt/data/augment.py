@@ -205,10 +205,9 @@ def _blur(x: Tensor, kernels: Tensor) -> Tensor:
 def _gamma(x: Tensor, gamma: Tensor) -> Tensor:
     """Gamma on each tile's own [min, max] range, then back: defined for any float range, no clipping."""
     view = (x.shape[0],) + (1,) * (x.ndim - 1)
-    flat = x.flatten(1)
-    lo = flat.amin(1).view(view)
-    span = (flat.amax(1).view(view) - lo).clamp(min=1e-6)
-    return ((x - lo) / span).clamp(min=0.0).pow(gamma) * span + lo
+    lo, hi = torch.aminmax(x.flatten(1), dim=1)
+    lo, span = lo.view(view), (hi.view(view) - lo.view(view)).clamp(min=1e-6)
+    return (x - lo).div_(span).clamp_(min=0.0).pow_(gamma).mul_(span).add_(lo)
 
 
 # ---------------------------------------------------------------- cut-out
@@ -246,18 +245,18 @@ def _hole_mask(rects: Tensor, h: int, w: int, device: torch.device) -> Tensor:
 
 
 def _on_samples(x: Tensor, chosen: Tensor, fn) -> Tensor:
-    """``fn(samples, rows)`` applied to the samples ``chosen`` (a CPU bool mask) only; the others are
-    kept exactly. The mask lives on the CPU, so choosing costs no device synchronization, and work
-    is spent only on the samples that drew the op."""
+    """``fn(samples, rows)`` applied to the samples ``chosen`` (a CPU bool mask) only, the others kept
+    exactly; ``x`` must be a tensor this module owns (it may be updated in place). The mask lives on
+    the CPU, so choosing costs no device synchronization, and work is spent only on the samples that
+    drew the op."""
     if not bool(chosen.any()):
         return x
     if bool(chosen.all()):
         return fn(x, slice(None))
     rows = chosen.nonzero().squeeze(1)
     dev_rows = rows.to(x.device, non_blocking=True)
-    out = x.clone()
-    out[dev_rows] = fn(x[dev_rows], rows)  # advanced indexing: much faster than index_select on CPU
-    return out
+    x[dev_rows] = fn(x[dev_rows], rows)  # advanced indexing: much faster than index_select on CPU
+    return x
 
 
 def _rows(t: Tensor, rows: Rows) -> Tensor:
@@ -301,6 +300,9 @@ def augment_batch(
         index = index.to(x.device, non_blocking=True)
         x = _take(x, index)
         labels = _take(labels, index) if labels is not None else None
+    else:  # the ops below may work in place: never on the caller's tensors
+        x = x.clone()
+        labels = labels.clone() if labels is not None else None
     if bool(warp.any()):  # samples that drew no warp keep their pixels exactly
         rows = slice(None) if bool(warp.all()) else warp.nonzero().squeeze(1)
         grid = _warp_grid(matrices, xs, ys, rows, x.device)
@@ -334,7 +336,7 @@ def augment_batch(
     x = _on_samples(x, use_noise, lambda t, r: torch.addcmul(
         t, _rows(noise_t, r), torch.randn(t.shape, generator=dev_g, device=t.device, dtype=t.dtype)))
     if rects.shape[1] and bool((rects[..., 1] > rects[..., 0]).any()):
-        x = x * ~_hole_mask(rects, h, w, x.device)[:, None, None]  # through all layers, filled with 0
+        x = x.masked_fill_(_hole_mask(rects, h, w, x.device)[:, None, None], 0.0)  # through all layers
     return x, labels
 
 

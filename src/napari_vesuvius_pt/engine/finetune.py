@@ -254,6 +254,13 @@ def preview(mean: np.ndarray, origin: tuple[int, int], cell: int, downsample: in
 
 def _check_resumable(cfg: FinetuneConfig, payload: dict[str, Any], where: Path) -> None:
     saved = payload.get("config") or {}
+    if payload.get("step"):  # stopped inside an epoch: the rest of that epoch needs the same batches
+        for key, now_value in (("batch_size", cfg.batch_size), ("steps_per_epoch", cfg.steps_per_epoch)):
+            if key in saved and saved[key] != now_value:
+                raise RunError(
+                    f"cannot resume {where} inside epoch {int(payload['epoch']) + 1} with {key}={now_value!r}: it was "
+                    f"stopped there with {key}={saved[key]!r}; keep the run's own value"
+                )
     now = {"tile": to_dict(cfg.tile), "output_stride": cfg.output_stride, "freeze_encoder": cfg.freeze_encoder,
            "fragments": list(cfg.fragments)}
     diff = [k for k in now if k in saved and saved[k] != now[k]]

@@ -96,6 +96,13 @@ def validate_pretrain_config(cfg: PretrainConfig) -> None:
 
 def _check_resumable(cfg: PretrainConfig, payload: dict[str, Any], where: Path) -> None:
     saved = payload.get("config") or {}
+    if payload.get("step"):  # stopped inside an epoch: the rest of that epoch needs the same batches
+        for key, now_value in (("batch_size", cfg.batch_size), ("steps_per_epoch", cfg.steps_per_epoch)):
+            if key in saved and saved[key] != now_value:
+                raise RunError(
+                    f"cannot resume {where} inside epoch {int(payload['epoch']) + 1} with {key}={now_value!r}: it was "
+                    f"stopped there with {key}={saved[key]!r}; keep the run's own value"
+                )
     for key, now in (("encoder", to_dict(cfg.encoder)), ("tile", to_dict(cfg.tile)),
                      ("vicreg", {"expander": list(cfg.vicreg.expander)})):
         before = saved.get(key) or {}

@@ -31,7 +31,7 @@ def metrics_table(metrics: Mapping[str, Mapping[str, float]], prevalence_baselin
             f"{m[key]:.3f}" if m.get(key) is not None else "–" for key, _ in METRIC_COLUMNS) + " |")
     if prevalence_baseline and metrics:
         p = float(next(iter(metrics.values())).get("prevalence", 0.0))
-        f = 1.25 * p / (0.25 + p) if p > 0 else 0.0
+        f = 1.25 * p / (0.25 * p + 1.0)  # precision p, recall 1
         rows.append(f"| all ink (baseline, prevalence {p:.3f}) | {f:.3f} | – | {p:.3f} | 1.000 | 0.500 | {f:.3f} |")
     return "\n".join(rows)
 
