@@ -45,3 +45,14 @@ def kaggle_labels_dir() -> Path:
 def _private_widget_settings(tmp_path, monkeypatch):
     """Widgets remember their settings between napari launches; tests must not touch the user's file."""
     monkeypatch.setenv("NAPARI_VESUVIUS_PT_SETTINGS", str(tmp_path / "widgets.json"))
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _one_torch_thread():
+    """Tiny models on 2 shared cores: one intra-op thread is faster and far steadier than two."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

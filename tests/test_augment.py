@@ -14,14 +14,6 @@ from napari_vesuvius_pt.errors import ConfigError
 
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 NOTHING = AugmentConfig(flip=False, rotate90=False, shift_scale_rotate=0, grid_distortion=0, brightness_contrast=0,
                         gamma=0, noise=0, blur=0, holes=0, big_holes=0)
 

@@ -22,14 +22,6 @@ from napari_vesuvius_pt.models.head import InkModel
 TINY = EncoderConfig(name="resnet10", widen_factor=0.25)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def pretrain_payload(encoder, epoch: int = 1) -> dict:
     return {"kind": "pretrain", "encoder_spec": to_dict(encoder.spec), "encoder": encoder.state_dict(),
             "expander": None, "head": None, "epoch": epoch, "metrics": {"loss": 1.5},

@@ -11,14 +11,6 @@ from napari_vesuvius_pt.errors import ConfigError, RunError
 from napari_vesuvius_pt.models.encoder import ENCODER_NAMES, STAGES, build_encoder
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny convolutions run faster on one thread, and a shared CI core is not fought over."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 TINY = 0.25
 
 

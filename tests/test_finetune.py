@@ -35,15 +35,6 @@ from napari_vesuvius_pt.models.checkpoint import ink_model_from_checkpoint, load
 finetune_module = importlib.import_module("napari_vesuvius_pt.engine.finetune")
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_torch_thread():
-    """Tiny tensors gain nothing from intra-op threads, and on a shared 2-core machine OpenMP's spinning
-    threads can make each step several times slower; restored afterwards."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
 NO_AUGMENT = AugmentConfig(max_z_shift=0, flip=False, rotate90=False, shift_scale_rotate=0.0, grid_distortion=0.0,
                            brightness_contrast=0.0, gamma=0.0, noise=0.0, blur=0.0, holes=0, big_holes=0)
 INK_STRENGTH = 0.25  # the default (0.12) is learnable, but not by a width-0.125 ResNet-10 in 35 steps on 56 tiles

@@ -11,15 +11,6 @@ from napari_vesuvius_pt.models.encoder import build_encoder
 from napari_vesuvius_pt.models.head import InkModel
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny convolutions run faster on one thread, and a shared CI core is not fought over."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def tiny_model(stride: int = 4, seed: int = 0) -> InkModel:
     torch.manual_seed(seed)
     return InkModel(build_encoder("resnet10", widen_factor=0.25), output_stride=stride)

@@ -29,16 +29,6 @@ from napari_vesuvius_pt.models.checkpoint import encoder_from_source, load_check
 pretrain_module = importlib.import_module("napari_vesuvius_pt.engine.pretrain")
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_torch_thread():
-    """Tiny tensors gain nothing from intra-op threads, and on a shared 2-core machine OpenMP's spinning
-    threads can make each step several times slower; restored afterwards."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def tiny_config(segments, out, **kw) -> PretrainConfig:
     base = dict(
         segments=[str(s) for s in segments],

@@ -13,15 +13,6 @@ from napari_vesuvius_pt.errors import ConfigError, RunError
 from napari_vesuvius_pt.models.vicreg import Expander, vicreg_loss
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny convolutions run faster on one thread, and a shared CI core is not fought over."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def test_hand_computed_two_samples():
     z1 = torch.tensor([[0.0, 0.0], [2.0, 2.0]])
     z2 = torch.tensor([[0.0, 0.0], [2.0, 0.0]])

@@ -10,14 +10,6 @@ from napari_vesuvius_pt.models.encoder import build_encoder
 from napari_vesuvius_pt.models.weights import load_encoder_weights, load_state_into
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny convolutions run faster on one thread, and a shared CI core is not fought over."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 INPLANES = (64, 128, 256, 512)
 LAYOUTS = {"resnet10": ("basic", (1, 1, 1, 1)), "resnet18": ("basic", (2, 2, 2, 2)),
            "resnet50": ("bottleneck", (3, 4, 6, 3))}

@@ -61,8 +61,8 @@ def run(args: argparse.Namespace) -> int:
         f"  layers     {z0}..{z1} of the file" + (", reversed" if info["reverse"] else "")
         + (f", downsampled x{info['downsample']}" if info["downsample"] > 1 else ""),
         f"  storage    {info['storage']}",
-        f"  mask       " + (f"yes, {info['mask_fraction']:.1%} of the plane" if info["has_mask"] else "no (all papyrus)"),
-        f"  ink labels " + (f"yes, ink on {info['ink_fraction']:.1%} of the papyrus" if info["has_inklabels"] else "no"),
+        "  mask       " + (f"yes, {info['mask_fraction']:.1%} of the plane" if info["has_mask"] else "no (all papyrus)"),
+        "  ink labels " + (f"yes, ink on {info['ink_fraction']:.1%} of the papyrus" if info["has_inklabels"] else "no"),
     ]
     if info["converted_from"]:
         lines.append(f"  converted  from {info['converted_from']}")
