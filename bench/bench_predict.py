@@ -81,7 +81,15 @@ def make_checkpoint(workdir: Path, depth: int, size: int, stride: int) -> Path:
 # ---------------------------------------------------------------- one measurement (child process)
 
 
+def set_threads(args: argparse.Namespace) -> None:
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
+
+
 def child_engine(args: argparse.Namespace) -> dict:
+    set_threads(args)
     from napari_vesuvius_pt.config import PredictConfig
     from napari_vesuvius_pt.engine.events import Finished
     from napari_vesuvius_pt.engine.predict import load_predictor, predict
@@ -105,6 +113,7 @@ def child_engine(args: argparse.Namespace) -> dict:
 
 
 def child_monai(args: argparse.Namespace) -> dict:
+    set_threads(args)
     import numpy as np
     import torch
     from monai.inferers import sliding_window_inference
@@ -150,7 +159,8 @@ def run_child(argv: list[str], raw: bool = False):
 
 def measure(kind: str, segment: Path, checkpoint: Path, args: argparse.Namespace, out: Path) -> dict:
     return run_child(["--child", kind, "--segment", str(segment), "--checkpoint", str(checkpoint),
-                      "--edge", str(args.edge), "--batch-size", str(args.batch_size), "--out", str(out)])
+                      "--edge", str(args.edge), "--batch-size", str(args.batch_size), "--out", str(out),
+                      "--threads", str(args.threads)])
 
 
 # ---------------------------------------------------------------- the comparison
@@ -201,6 +211,7 @@ def child_prepare(args: argparse.Namespace) -> dict:
     small = tuple(json.loads(args.shape))
     large = (small[0], small[1] * 2, small[2] * 2)
     checkpoint = args.checkpoint or str(make_checkpoint(workdir, depth=small[0], size=64, stride=4))
+    set_threads(args)
     return {"1x": str(make_segment(workdir, small, 0)), "4x": str(make_segment(workdir, large, 1)),
             "checkpoint": checkpoint, "small": small, "large": large, "torch": torch.__version__,
             "threads": torch.get_num_threads()}
@@ -216,6 +227,8 @@ def main() -> int:
                                                      "(needs a trained --checkpoint)")
     parser.add_argument("--edge", type=int, default=8)
     parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--threads", type=int, default=0,
+                        help="torch threads in both (0: torch's default); 1 gives steadier numbers on a busy machine")
     parser.add_argument("--child", choices=("prepare", "engine", "monai", "weighting"), help=argparse.SUPPRESS)
     parser.add_argument("--segment", help=argparse.SUPPRESS)
     parser.add_argument("--shape", help=argparse.SUPPRESS)
@@ -230,7 +243,8 @@ def main() -> int:
 
     workdir = Path(args.workdir)
     small = (16, 384, 384) if args.quick else (32, 1024, 1024)
-    prep = run_child(["--child", "prepare", "--workdir", str(workdir), "--shape", json.dumps(small)]
+    prep = run_child(["--child", "prepare", "--workdir", str(workdir), "--shape", json.dumps(small),
+                      "--threads", str(args.threads)]
                      + (["--checkpoint", args.checkpoint] if args.checkpoint else []))
     checkpoint = Path(prep["checkpoint"])
     small, large = tuple(prep["small"]), tuple(prep["large"])

@@ -14,7 +14,6 @@ from napari_vesuvius_pt.engine.tiling import (
     read_padded,
     reflect_indices,
     region_mask,
-    row_runs,
     weight_map,
 )
 from napari_vesuvius_pt.errors import ConfigError, SegmentError
@@ -110,8 +109,6 @@ def test_read_padded_reflects_at_the_border_and_reads_only_the_block_it_needs():
         assert reads[-1] <= 16 * 16
     wide = read_padded(read, -8, 30, 16, (40, 50), width=40)  # a run of neighbouring tiles as one block
     np.testing.assert_array_equal(wide, padded[:, 12:28, 50:90])
-    runs = row_runs(np.array([[0, 0], [0, 16], [0, 32], [0, 80], [16, 0], [16, 16]]), 16)
-    assert runs == [(0, 3), (3, 4), (4, 6)]  # a gap or a new row starts a new block
     # a plane smaller than the tile: reflection repeats
     small = volume[:, :5, :6]
     tile = read_padded(lambda ys, xs: small[:, ys, xs], -4, -4, 16, (5, 6))

@@ -28,7 +28,6 @@ import json
 import re
 import time
 from collections.abc import Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -48,7 +47,6 @@ from napari_vesuvius_pt.engine.tiling import (
     plan_tiles,
     read_padded,
     region_mask,
-    row_runs,
     weight_map,
 )
 from napari_vesuvius_pt.errors import ConfigError, SegmentError
@@ -203,32 +201,57 @@ def _chunk_rows_out(layout: TileLayout, up: int, target: int) -> int:
     return max(1, round(target / (step * up))) * step
 
 
-def _read_batch(job: _Job, positions: np.ndarray) -> np.ndarray:
-    """Normalized ``(B, 1, depth, size, size)`` tiles; neighbours in a row are read as one block."""
-    depth, size = int(job.predictor.tile.depth), job.layout.size
-    volume, z0, plane = job.segment.volume, job.z0, job.layout.plane
-    tiles = np.empty((len(positions), 1, depth, size, size), np.float32)
-    for i, j in row_runs(positions, size):
-        y0, x_first = int(positions[i, 0]), int(positions[i, 1])
-        width = int(positions[j - 1, 1]) - x_first + size
-        block = read_padded(lambda ys, xs: volume[z0:z0 + depth, ys, xs], y0, x_first, size, plane, width)
-        for k in range(i, j):
-            dx = int(positions[k, 1]) - x_first
-            tiles[k, 0] = job.normalizer(block[:, :, dx:dx + size])
-    return tiles
+class _TileReader:
+    """Reads a job's tiles in row order from blocks up to ``BLOCK_VOXELS`` large that span many tiles of
+    a tile row, so each stored chunk is decoded about once per tile row, not once per tile, and memory
+    holds one block whatever the segment's size."""
+
+    BLOCK_VOXELS = 1 << 24  # 32 MiB of uint16
+
+    def __init__(self, job: _Job):
+        self.job = job
+        self.depth, self.size = int(job.predictor.tile.depth), job.layout.size
+        self.span = max(self.size, self.BLOCK_VOXELS // (self.depth * self.size))
+        ys, xs = job.positions[:, 0], job.positions[:, 1]
+        rows, first = np.unique(ys, return_index=True)  # positions run row by row, x increasing
+        last = np.append(first[1:], len(ys)) - 1
+        self.row_end = {int(y): int(x) + self.size for y, x in zip(rows, xs[last])}
+        self.block: np.ndarray | None = None
+        self.where = (0, 0, 0)  # (y0, x start, x stop) of the block
+
+    def _tile(self, y0: int, x0: int) -> np.ndarray:
+        by, bx0, bx1 = self.where
+        if self.block is None or by != y0 or x0 < bx0 or x0 + self.size > bx1:
+            job, z0, depth = self.job, self.job.z0, self.depth
+            width = max(self.size, min(self.span, self.row_end[y0] - x0))
+            self.block = read_padded(lambda ys, xs: job.segment.volume[z0:z0 + depth, ys, xs], y0, x0, self.size,
+                                     job.layout.plane, width)
+            self.where = (y0, x0, x0 + width)
+            bx0 = x0
+        return self.block[:, :, x0 - bx0:x0 - bx0 + self.size]
+
+    def read(self, positions: np.ndarray) -> np.ndarray:
+        """Normalized ``(B, 1, depth, size, size)`` float32 tiles."""
+        tiles = np.empty((len(positions), 1, self.depth, self.size, self.size), np.float32)
+        for k, (y0, x0) in enumerate(positions):
+            tiles[k, 0] = self.job.normalizer(self._tile(int(y0), int(x0)))
+        return tiles
 
 
-def _run_model(model: torch.nn.Module, tiles: np.ndarray, device: torch.device, amp: bool,
-               size_out: int, name: str) -> np.ndarray:
+def _launch_model(model: torch.nn.Module, tiles: np.ndarray, device: torch.device, amp: bool,
+                  size_out: int, name: str) -> torch.Tensor:
+    """Start the model on a batch; on a GPU this returns before it is done (no sync), so the next
+    batch is read from disk while it runs."""
     x = torch.from_numpy(tiles).to(device, non_blocking=True)
     with torch.inference_mode(), torch.autocast(device.type, dtype=torch.bfloat16,
                                                 enabled=amp and device.type == "cuda"):
         logits = model(x)
+        probs = torch.sigmoid(logits.float())
     expected = (len(tiles), 1, size_out, size_out)
     if tuple(logits.shape) != expected:
         raise ConfigError(f"{name}: the model gave an output of shape {tuple(logits.shape)} for tiles "
                           f"{tuple(tiles.shape)}; expected {expected} (its output stride does not match)")
-    return torch.sigmoid(logits.float())[:, 0].cpu().numpy()
+    return probs[:, 0]
 
 
 def _run_job(cfg: PredictConfig, job: _Job, store: PredictionStore, device: torch.device,
@@ -276,29 +299,26 @@ def _run_job(cfg: PredictConfig, job: _Job, store: PredictionStore, device: torc
     starts = list(range(first, total, batch))
     yield TilesDone(p.name, first, total)
     t0 = time.perf_counter()
-    pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="predict-read")
-    try:
-        pending = pool.submit(_read_batch, job, job.positions[first:first + batch]) if starts else None
-        for i, b0 in enumerate(starts):
-            b1 = min(b0 + batch, total)
-            tiles = pending.result()
-            if i + 1 < len(starts):  # read the next batch while the model runs on this one
-                pending = pool.submit(_read_batch, job, job.positions[b1:b1 + batch])
-            probs = _run_model(model, tiles, device, cfg.amp, layout.size_out, p.name)
-            for (y0, x0), prob in zip(job.positions[b0:b1], probs):
-                oy, ox = layout.kept_origin_out(int(y0), int(x0))
-                acc.add(layout.crop_kept(prob), weights, oy, ox)
-            finished = n_chunk_rows if b1 == total else int(tops[b1]) // ch_out
-            if finished > writer.done_chunk_rows:
-                values, _ = acc.pop(finished * ch_out)
-                block = encode(values, cfg.dtype)
-                if up > 1:
-                    block = block.repeat(up, axis=0).repeat(up, axis=1)[:, :stored_shape[1]]
-                    block = block[:max(0, stored_shape[0] - writer.done_chunk_rows * chunks[0])]
-                writer.write_band(block)
-            yield TilesDone(p.name, b1, total, (b1 - first) / max(time.perf_counter() - t0, 1e-9))
-    finally:
-        pool.shutdown(wait=True, cancel_futures=True)
+    reader = _TileReader(job)
+    tiles = reader.read(job.positions[first:first + batch]) if starts else None
+    for b0 in starts:
+        b1 = min(b0 + batch, total)
+        running = _launch_model(model, tiles, device, cfg.amp, layout.size_out, p.name)
+        if b1 < total:  # read the next batch while the device works on this one
+            tiles = reader.read(job.positions[b1:b1 + batch])
+        probs = running.cpu().numpy()
+        for (y0, x0), prob in zip(job.positions[b0:b1], probs):
+            oy, ox = layout.kept_origin_out(int(y0), int(x0))
+            acc.add(layout.crop_kept(prob), weights, oy, ox)
+        finished = n_chunk_rows if b1 == total else int(tops[b1]) // ch_out
+        if finished > writer.done_chunk_rows:
+            values, _ = acc.pop(finished * ch_out)
+            block = encode(values, cfg.dtype)
+            if up > 1:
+                block = block.repeat(up, axis=0).repeat(up, axis=1)[:, :stored_shape[1]]
+                block = block[:max(0, stored_shape[0] - writer.done_chunk_rows * chunks[0])]
+            writer.write_band(block)
+        yield TilesDone(p.name, b1, total, (b1 - first) / max(time.perf_counter() - t0, 1e-9))
     writer.finish()
     summary["complete"] = True
     return summary

@@ -62,12 +62,17 @@ def plot_pretraining(steps: Sequence[Mapping[str, float]], epochs: Sequence[Mapp
         ax_loss.set_title("VICReg loss and its terms (unweighted)")
         ax_loss.legend(frameon=False, fontsize=8)
     ep = [e.get("epoch") for e in epochs]
+    lines = []
     for key, style in (("embedding_std", "o-"), ("effective_rank", "s--")):
         vals = [e.get(key) for e in epochs]
         if any(v is not None for v in vals):
             target = ax_mon if key == "embedding_std" else ax_mon.twinx()
-            target.plot(ep, vals, style, label=key, color="C0" if key == "embedding_std" else "C3")
+            lines += target.plot(ep, vals, style, label=key.replace("_", " "),
+                                 color="C0" if key == "embedding_std" else "C3")
             target.set_ylabel(key.replace("_", " "))
+    if lines:
+        ax_mon.legend(lines, [ln.get_label() for ln in lines], frameon=False, fontsize=8)
+    ax_mon.xaxis.get_major_locator().set_params(integer=True)
     ax_mon.set_xlabel("epoch")
     ax_mon.set_title("collapse monitor")
     fig.savefig(path, dpi=110)

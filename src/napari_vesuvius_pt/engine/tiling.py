@@ -151,18 +151,6 @@ def read_padded(read: Callable[[slice, slice], np.ndarray], y0: int, x0: int, si
     return block[..., yi - ya, :][..., xi - xa]
 
 
-def row_runs(positions: np.ndarray, size: int) -> list[tuple[int, int]]:
-    """Split tile starts ``(N, 2)`` into runs ``[i, j)`` of tiles in one row whose squares overlap or
-    touch, so each run can be read as one block (each stored chunk decoded once, not once per tile)."""
-    runs, start = [], 0
-    for i in range(1, len(positions) + 1):
-        last = i == len(positions)
-        if last or positions[i, 0] != positions[i - 1, 0] or positions[i, 1] - positions[i - 1, 1] > size:
-            runs.append((start, i))
-            start = i
-    return runs
-
-
 def weight_map(kind: str, side: int, sigma_scale: float = GAUSSIAN_SIGMA_SCALE) -> np.ndarray:
     """Blending weights over a kept centre of ``side x side`` output pixels (peak 1).
 
