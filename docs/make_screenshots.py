@@ -78,6 +78,13 @@ def run_job(widget) -> None:
     settle(1.0)
 
 
+def scroll_to_end(widget) -> None:
+    """Scroll a job widget down to its plots (the form is above them)."""
+    settle(0.5)
+    bar = widget.scroll.verticalScrollBar()
+    bar.setValue(bar.maximum())
+
+
 def shoot(viewer, out: Path) -> None:
     from PIL import Image
 
@@ -88,12 +95,12 @@ def shoot(viewer, out: Path) -> None:
     print(f"wrote {out} {image.shape[1]}x{image.shape[0]}")
 
 
-def small_model(widget, epochs: int, steps: int, batch: int) -> None:
+def small_model(widget, epochs: int, steps: int, batch: int, tile: int = 32) -> None:
     widget.encoder.setCurrentIndex(widget.encoder.findData("resnet10"))
     widget.widen.setValue(0.5)
     widget.tile_depth.setValue(16)
-    widget.tile_size.setValue(32)
-    widget.tile_stride.setValue(16)
+    widget.tile_size.setValue(tile)
+    widget.tile_stride.setValue(tile // 2)
     widget.epochs.setValue(epochs)
     widget.batch_size.setValue(batch)
     widget.steps.setValue(steps)
@@ -104,7 +111,8 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=HERE / "screenshots")
     parser.add_argument("--work", type=Path, default=None, help="where data and runs go (default: a temp folder)")
-    parser.add_argument("--epochs", type=int, default=6)
+    parser.add_argument("--epochs", type=int, default=6, help="pretraining epochs")
+    parser.add_argument("--finetune-epochs", type=int, default=10)
     args = parser.parse_args(argv)
     work = args.work or Path(tempfile.mkdtemp(prefix="vesuvius-shots-"))
     os.environ.setdefault("NAPARI_VESUVIUS_PT_SETTINGS", str(work / "widgets.json"))  # leave the user's alone
@@ -131,6 +139,7 @@ def main(argv=None) -> int:
     pretrain.run_folder.set_text(str(runs / "vicreg"))
     run_job(pretrain)
     viewer.layers.selection.active = viewer.layers[scroll.name]
+    scroll_to_end(pretrain)
     shoot(viewer, args.out / "pretrain.png")
     viewer.close()
 
@@ -139,7 +148,7 @@ def main(argv=None) -> int:
     load_segment(viewer, fragment, TRAIN)
     finetune = FinetuneWidget(viewer)
     viewer.window.add_dock_widget(finetune, name="Fine-tune")
-    small_model(finetune, epochs=args.epochs, steps=8, batch=8)
+    small_model(finetune, epochs=args.finetune_epochs, steps=10, batch=8, tile=64)
     finetune.output_stride.setCurrentIndex(finetune.output_stride.findData(4))
     finetune.lr.setValue(0.003)
     shapes = finetune.regions_layer()
@@ -157,6 +166,7 @@ def main(argv=None) -> int:
     finetune.run_folder.set_text(str(runs / "ink-vicreg"))
     run_job(finetune)
     viewer.layers.selection.active = viewer.layers["ink preview"]
+    scroll_to_end(finetune)
     shoot(viewer, args.out / "finetune.png")
     viewer.close()
 
@@ -173,7 +183,12 @@ def main(argv=None) -> int:
     predict.batch_size.setValue(32)
     predict.device.set_value("cpu")
     run_job(predict)
-    viewer.layers["ink-random"].visible = False  # show one encoder over the fragment; the table has both
+    # show the best-scoring encoder over the fragment; the table has both
+    scores = predict.metrics_rows()
+    best = max(scores, key=lambda name: scores[name]["F0.5"])
+    for name in scores:
+        viewer.layers[name].visible = name == best
+    viewer.layers.selection.active = viewer.layers[best]
     shoot(viewer, args.out / "predict.png")
     viewer.close()
 
@@ -188,6 +203,7 @@ def main(argv=None) -> int:
     cka.tiles.setValue(128)
     cka.device.set_value("cpu")
     run_job(cka)
+    viewer.layers.selection.active = viewer.layers[scroll.name]
     shoot(viewer, args.out / "cka.png")
     viewer.close()
     print(f"runs and data in {work}")

@@ -178,7 +178,7 @@ def test_two_checkpoints_give_one_array_each_from_the_cli(fragment_dir, tmp_path
     region = save_regions(tmp_path / "region.json", [np.array([[60, 60], [60, 120], [110, 120], [110, 60]])])
     out = tmp_path / "cmp.zarr"
     code = main(["predict", "--checkpoint", str(a.parent), "--checkpoint", str(b), "--segment", str(fragment_dir),
-                 "--out", str(out), "--region", str(region), "--dtype", "uint8", "--device", "cpu"])
+                 "--out", str(out), "--region", str(region), "--dtype", "uint8", "--device", "cpu", "--quiet"])
     assert code == 0
     store = open_prediction(out)
     assert store.names == ["vicreg_run", "random_run"]

@@ -189,3 +189,18 @@ def test_closing_the_viewer_stops_its_job_in_the_worker_thread(make_napari_viewe
     assert runner.wait(10.0)
     assert fake.closed_in is not None and fake.closed_in is not threading.main_thread()
     assert (tmp_path / "run" / "last.pt").read_text() == "stopped weights"
+
+
+def test_device_memory_is_released_when_a_job_ends(qtbot, tmp_path, monkeypatch):
+    import napari_vesuvius_pt.engine.device as device_module
+
+    released = []
+    monkeypatch.setattr(device_module, "release_device_memory",
+                        lambda device: released.append((str(device), threading.current_thread())))
+    rec = Recorder()
+    runner = _runner(rec)
+    runner.start(FakeRun(tmp_path / "run"), device="cpu")
+    qtbot.waitUntil(lambda: bool(rec.outcomes), timeout=10_000)
+    # once in the worker thread as the run ends, and once more in the GUI thread after collecting garbage
+    assert [d for d, _ in released] == ["cpu", "cpu"]
+    assert released[0][1] is not threading.main_thread() and released[1][1] is threading.main_thread()

@@ -4,8 +4,10 @@
 the centre of each tile's prediction (``edge`` pixels dropped at each side; the segment's own border is
 padded by reflection), blends overlaps (mean, or Gaussian weights normalized by their sum), and writes
 each band of output chunk rows as soon as no later tile touches it. Memory holds one band of output
-rows and a couple of batches of tiles, whatever the segment's size. Several checkpoints give one array
-each in the same group (see ``prediction_store``), named after their run folder or file.
+rows, one block of input read for a stretch of a tile row (at most ``_TileReader.BLOCK_VOXELS``) and two
+batches of tiles, whatever the segment's size (plus the segment's 2D mask, which ``open_segment``
+holds). Several checkpoints give one array each in the same group (see ``prediction_store``), named
+after their run folder or file.
 
 Mean or Gaussian? With the default stride (``size - 2 edge``) every pixel lies in exactly one kept
 centre and the two are the same. Where kept centres overlap, Gaussian weights (normalized by their sum)

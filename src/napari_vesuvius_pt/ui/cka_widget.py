@@ -84,6 +84,7 @@ class CKAWidget(JobWidget):
         f.addRow("output", self.out)
         f.addRow("", self.follow)
 
+        self.setMinimumWidth(600)  # two heatmaps side by side need the room
         self.heatmaps = HeatmapPair()
         self.export_png = QPushButton("Export PNG…")
         self.export_csv = QPushButton("Export CSV…")

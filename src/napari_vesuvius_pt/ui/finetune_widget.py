@@ -32,7 +32,7 @@ from napari_vesuvius_pt.ui.fields import (
     spin,
 )
 from napari_vesuvius_pt.ui.job_panel import JobWidget
-from napari_vesuvius_pt.ui.layers import find_segment_layer, plane_placement
+from napari_vesuvius_pt.ui.layers import find_segment_layer, ink_labels_layer, outline_labels, plane_placement
 from napari_vesuvius_pt.ui.plots import LivePlot, Panel
 from napari_vesuvius_pt.ui.segment_registry import TRAIN, VALIDATION
 
@@ -317,9 +317,14 @@ class FinetuneWidget(JobWidget):
                 contrast_limits=(0.0, 1.0), **kwargs)
         layer.metadata["epoch"] = event.epoch
         self.preview_layer = layer
-        # keep the regions on top, so they stay editable and visible over the preview
-        if REGIONS_LAYER in self.viewer.layers:
-            layers = self.viewer.layers
+        # the fragment's ink labels as outlines over the preview, and the regions on top (still editable)
+        layers = self.viewer.layers
+        entry = self.registry.get(self.config.fragments[0]) if self.config else None
+        labels = ink_labels_layer(self.viewer, entry.layer_names) if entry else None
+        if labels is not None:
+            outline_labels(labels)
+            layers.move(layers.index(labels), len(layers))
+        if REGIONS_LAYER in layers:
             layers.move(layers.index(REGIONS_LAYER), len(layers))
 
     def job_done(self, outcome) -> None:

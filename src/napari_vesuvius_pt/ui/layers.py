@@ -49,3 +49,18 @@ def plane_placement(layer) -> tuple[tuple[float, float], tuple[float, float], fl
     shape = np.asarray(layer.data[0].shape if getattr(layer, "multiscale", False) else layer.data.shape)[-2:]
     extent = float(max(shape[0] * scale[0], shape[1] * scale[1]))
     return scale, translate, extent
+
+
+def outline_labels(layer, width: int = 2) -> None:
+    """Show a Labels layer (ink labels) as outlines, so a prediction underneath stays readable."""
+    if layer is not None and type(layer).__name__ == "Labels" and not layer.contour:
+        layer.contour = width
+        layer.opacity = max(float(layer.opacity), 0.8)
+
+
+def ink_labels_layer(viewer, layer_names: Sequence[str]):
+    """The ink labels layer among ``layer_names`` (the reader names it '<segment> ink labels')."""
+    for name in layer_names:
+        if name.endswith(" ink labels") and name in viewer.layers:
+            return viewer.layers[name]
+    return None

@@ -176,9 +176,9 @@ class HeatmapPair(QWidget):
 
     def __init__(self, parent: QWidget | None = None) -> None:
         super().__init__(parent)
-        self.figure = Figure(figsize=(5.0, 2.9), facecolor=BACKGROUND, layout="constrained")
+        self.figure = Figure(figsize=(6.0, 3.6), facecolor=BACKGROUND, layout="constrained")
         self.canvas = FigureCanvasQTAgg(self.figure)
-        self.canvas.setMinimumHeight(280)
+        self.canvas.setMinimumHeight(360)
         layout = QVBoxLayout(self)
         layout.setContentsMargins(0, 0, 0, 0)
         layout.addWidget(self.canvas)
@@ -197,6 +197,7 @@ class HeatmapPair(QWidget):
         self.title = title
         if self.names:
             draw_cka(self.figure, self.names, self.linear, self.rbf, title=title, dark=True)
+            self._fit_cell_text()
         else:
             self.figure.clear()
             for ax, kind in zip(self.figure.subplots(1, 2), ("linear CKA", "RBF CKA")):
@@ -209,6 +210,20 @@ class HeatmapPair(QWidget):
                 ax.text(0.5, 0.5, "no matrix yet:\npress Compute", ha="center", va="center", fontsize=8,
                         color=FOREGROUND, transform=ax.transAxes)
         self.canvas.draw_idle()
+
+    def _fit_cell_text(self) -> None:
+        """draw_cka sizes the cell numbers for its PNG; in a dock the cells are smaller: shrink the numbers
+        to fit their cells (and drop them where even 5 pt would not fit)."""
+        self.canvas.draw()  # lays the figure out, so the heatmaps' sizes are known
+        k = len(self.names)
+        for ax in self.figure.axes[:2]:
+            cell_px = ax.get_window_extent().width / max(k, 1)
+            size_pt = cell_px * 72.0 / self.figure.dpi / 2.6  # "0.93" is about 2.6 em wide
+            for text in ax.texts:
+                if size_pt < 5.0:
+                    text.set_visible(False)
+                else:
+                    text.set_fontsize(min(text.get_fontsize(), size_pt))
 
     def save_png(self, path) -> None:
         """The shown matrices as a PNG on a white background, like the CLI's ``cka.png``."""

@@ -16,7 +16,16 @@ from typing import Any
 import numpy as np
 from qtpy.QtCore import Qt
 from qtpy.QtGui import QFont
-from qtpy.QtWidgets import QAbstractItemView, QCheckBox, QHeaderView, QTableWidget, QTableWidgetItem, QWidget
+from qtpy.QtWidgets import (
+    QAbstractItemView,
+    QAbstractScrollArea,
+    QCheckBox,
+    QHeaderView,
+    QSizePolicy,
+    QTableWidget,
+    QTableWidgetItem,
+    QWidget,
+)
 
 from napari_vesuvius_pt.config import PredictConfig
 from napari_vesuvius_pt.engine.events import Event, Finished, Started, TilesDone
@@ -24,6 +33,7 @@ from napari_vesuvius_pt.errors import ConfigError
 from napari_vesuvius_pt.ui.device_choice import DeviceChoice
 from napari_vesuvius_pt.ui.fields import FILE, FILE_OR_FOLDER, FOLDER, PathField, PathList, combo, hrow, spin
 from napari_vesuvius_pt.ui.job_panel import JobWidget
+from napari_vesuvius_pt.ui.layers import outline_labels
 from napari_vesuvius_pt.ui.segment_registry import TRAIN, VALIDATION
 
 DEFAULT_OUT = Path.home() / "vesuvius-runs" / "predictions"
@@ -125,7 +135,8 @@ class PredictWidget(JobWidget):
         self.table.setHorizontalHeaderLabels([label for _, label in METRIC_COLUMNS])
         self.table.setEditTriggers(QAbstractItemView.EditTrigger.NoEditTriggers)
         self.table.horizontalHeader().setSectionResizeMode(QHeaderView.ResizeMode.Stretch)
-        self.table.setMinimumHeight(110)
+        self.table.setSizeAdjustPolicy(QAbstractScrollArea.SizeAdjustPolicy.AdjustToContents)
+        self.table.setSizePolicy(QSizePolicy.Policy.Expanding, QSizePolicy.Policy.Maximum)
         self.table.setToolTip("Scores of each encoder's prediction against the ink labels (engine.evaluate)")
         self.results.addWidget(self.side_by_side)
         self.results.addWidget(self.table)
@@ -285,6 +296,7 @@ class PredictWidget(JobWidget):
         self.prediction_layers = {}  # re-opened from this job's store at its first tiles
         self._run_total = 0
         self._names_done: dict[str, int] = {}
+        self._note = ""
 
     def handle_event(self, event: Event) -> None:
         if isinstance(event, LabelsReady):
@@ -299,8 +311,7 @@ class PredictWidget(JobWidget):
             self.show_prediction(event.name)
         elif isinstance(event, MetricsReady):
             self.show_metrics(event.metrics)
-            if event.note:
-                self.status.setText(self.status.text() + f" · {event.note}")
+            self._note = event.note
 
     def show_labels(self, event: LabelsReady) -> None:
         name = f"{event.name} ink labels"  # the reader's and the Segments widget's name for them
@@ -309,8 +320,11 @@ class PredictWidget(JobWidget):
         else:
             from napari_vesuvius_pt._reader import INK_COLOR
 
-            self.labels_layer = self.viewer.add_labels(event.labels, name=name, opacity=0.5,
+            self.labels_layer = self.viewer.add_labels(event.labels, name=name, opacity=0.8,
                                                        colormap=["transparent", INK_COLOR])
+        outline_labels(self.labels_layer)
+        layers = self.viewer.layers
+        layers.move(layers.index(self.labels_layer), len(layers))  # outlines over the predictions
 
     def show_prediction(self, name: str, force: bool = False) -> None:
         """Add the encoder's layer reading the zarr array, or refresh it (throttled) as bands are written."""
@@ -335,6 +349,9 @@ class PredictWidget(JobWidget):
             layer = self.viewer.add_image(data, colormap="magma", opacity=0.6, blending="additive", **kwargs)
         layer.metadata["prediction"] = str(Path(self.config.out) / name)
         self.prediction_layers[name] = layer
+        if self.labels_layer is not None and self.labels_layer in self.viewer.layers:
+            layers = self.viewer.layers
+            layers.move(layers.index(self.labels_layer), len(layers))  # label outlines stay on top
 
     def show_metrics(self, metrics: dict[str, Any]) -> None:
         self.table.setRowCount(len(metrics))
@@ -371,6 +388,8 @@ class PredictWidget(JobWidget):
     def job_done(self, outcome) -> None:
         for name in list(self.prediction_layers):
             self.show_prediction(name, force=True)
+        if outcome.status == "finished" and self._note:
+            self.status.setText(f"{self.status.text()} · {self._note}")
         if outcome.status == "stopped":
             self.status.setText(
                 f"Stopped; the layers show the bands written so far. Predict again with the same settings to "
