@@ -91,7 +91,7 @@ def shoot(viewer, out: Path) -> None:
     settle(1.5)
     image = viewer.screenshot(canvas_only=False, flash=False)
     out.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(image).save(out)
+    Image.fromarray(image).convert("RGB").save(out, optimize=True)
     print(f"wrote {out} {image.shape[1]}x{image.shape[0]}")
 
 

@@ -405,6 +405,7 @@ class JobWidget(QWidget):
 
     def event(self, event) -> bool:
         # napari removes a dock widget (its close button) by taking the widget out of the dock
-        if event.type() == QEvent.Type.ParentChange and self.parent() is None and self.runner.busy:
+        runner = getattr(self, "runner", None)  # events can arrive while __init__ is still running
+        if event.type() == QEvent.Type.ParentChange and self.parent() is None and runner is not None and runner.busy:
             self.shutdown()
         return super().event(event)
