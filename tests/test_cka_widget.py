@@ -18,12 +18,6 @@ from napari_vesuvius_pt.ui.cka_widget import CKAWidget
 JOB_TIMEOUT_MS = 120_000
 
 
-@pytest.fixture(autouse=True)
-def own_settings(tmp_path, monkeypatch):
-    """Widget settings go to a file of this test's own, not the user's."""
-    monkeypatch.setenv("NAPARI_VESUVIUS_PT_SETTINGS", str(tmp_path / "widgets.json"))
-
-
 @pytest.fixture(scope="module")
 def pretrain_run(tmp_path_factory, scroll_dir) -> Path:
     run = tmp_path_factory.mktemp("cka") / "run"

@@ -19,12 +19,6 @@ from napari_vesuvius_pt.ui.segment_registry import TRAIN, LoadedSegment, registr
 JOB_TIMEOUT_MS = 120_000
 
 
-@pytest.fixture(autouse=True)
-def own_settings(tmp_path, monkeypatch):
-    """Widget settings go to a file of this test's own, not the user's."""
-    monkeypatch.setenv("NAPARI_VESUVIUS_PT_SETTINGS", str(tmp_path / "widgets.json"))
-
-
 @pytest.fixture
 def notifications():
     seen = []

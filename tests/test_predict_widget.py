@@ -21,12 +21,6 @@ from napari_vesuvius_pt.ui.predict_widget import PredictWidget
 JOB_TIMEOUT_MS = 120_000
 
 
-@pytest.fixture(autouse=True)
-def own_settings(tmp_path, monkeypatch):
-    """Widget settings go to a file of this test's own, not the user's."""
-    monkeypatch.setenv("NAPARI_VESUVIUS_PT_SETTINGS", str(tmp_path / "widgets.json"))
-
-
 def ink_checkpoint(path: Path, seed: int) -> Path:
     """A fine-tuning checkpoint of a tiny untrained ink model, in the format the engine writes."""
     torch.manual_seed(seed)

@@ -77,8 +77,7 @@ def draw_cka(
     vmin = min(0.0, float(np.floor(finite.min() * 10) / 10)) if finite.size else 0.0
     from matplotlib import colormaps
 
-    cmap = colormaps[CMAP].copy()
-    cmap.set_bad(MISSING)
+    cmap = colormaps[CMAP].with_extremes(bad=MISSING)
     axes = figure.subplots(1, 2)
     image = None
     for ax, matrix, label in zip(axes, (linear, rbf), ("linear CKA", "RBF CKA")):

@@ -20,47 +20,51 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import time
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torch import Tensor
+from torch import Tensor, nn
 
 from napari_vesuvius_pt.config import FinetuneConfig, to_dict
 from napari_vesuvius_pt.data.augment import augment_batch
-from napari_vesuvius_pt.data.tiles import load_regions, save_regions, scale_polygons, split_by_regions
+from napari_vesuvius_pt.data.tiles import (
+    load_regions,
+    save_regions,
+    scale_polygons,
+    split_by_regions,
+)
 from napari_vesuvius_pt.engine.datasets import (
-    EpochBatches,
     InkTiles,
     TileSource,
-    close_batches,
-    iterate_batches,
-    make_loader,
     open_source,
     tile_index,
 )
-from napari_vesuvius_pt.engine.device import describe_device, release_device_memory
-from napari_vesuvius_pt.engine.events import EpochDone, Event, Failed, Finished, PreviewReady, Started, StepDone
-from napari_vesuvius_pt.engine.run_folder import RunFolder
+from napari_vesuvius_pt.engine.device import release_device_memory
+from napari_vesuvius_pt.engine.events import Event, PreviewReady
+from napari_vesuvius_pt.engine.loop import (
+    EpochFailed,
+    Training,
+    check_same_batches,
+    open_run,
+    plan_steps,
+    restore_training,
+    run_distributed,
+    schedule_and_precision,
+    tile_label,
+    train_epochs,
+    validate_steps,
+)
 from napari_vesuvius_pt.engine.training import (
     DistContext,
-    Meter,
     Precision,
-    WarmupCosine,
     build_optimizer,
-    capture_rng,
     is_out_of_memory,
-    maybe_no_sync,
-    mix_seed,
-    nonfinite_message,
     out_of_memory_message,
-    restore_rng,
     seed_everything,
-    setup_distributed,
-    to_cpu,
     unwrap,
     wrap_ddp,
 )
@@ -81,10 +85,7 @@ def validate_finetune_config(cfg: FinetuneConfig) -> None:
         raise ConfigError(f"epochs must be at least 1, got {cfg.epochs}")
     if cfg.batch_size < 1:
         raise ConfigError(f"batch size must be at least 1, got {cfg.batch_size}")
-    if cfg.steps_per_epoch is not None and cfg.steps_per_epoch < 1:
-        raise ConfigError(f"steps_per_epoch must be at least 1 (or empty for one pass over the tiles), got {cfg.steps_per_epoch}")
-    if cfg.optim.accumulate < 1:
-        raise ConfigError(f"optim.accumulate must be at least 1, got {cfg.optim.accumulate}")
+    validate_steps(cfg)
     if not 0.0 <= cfg.bce_weight <= 1.0:
         raise ConfigError(f"bce_weight must lie in [0, 1], got {cfg.bce_weight}")
     if not 0.0 <= cfg.label_smoothing < 1.0:
@@ -253,14 +254,8 @@ def preview(mean: np.ndarray, origin: tuple[int, int], cell: int, downsample: in
 
 
 def _check_resumable(cfg: FinetuneConfig, payload: dict[str, Any], where: Path) -> None:
+    check_same_batches(cfg, payload, where)
     saved = payload.get("config") or {}
-    if payload.get("step"):  # stopped inside an epoch: the rest of that epoch needs the same batches
-        for key, now_value in (("batch_size", cfg.batch_size), ("steps_per_epoch", cfg.steps_per_epoch)):
-            if key in saved and saved[key] != now_value:
-                raise RunError(
-                    f"cannot resume {where} inside epoch {int(payload['epoch']) + 1} with {key}={now_value!r}: it was "
-                    f"stopped there with {key}={saved[key]!r}; keep the run's own value"
-                )
     now = {"tile": to_dict(cfg.tile), "output_stride": cfg.output_stride, "freeze_encoder": cfg.freeze_encoder,
            "fragments": list(cfg.fragments)}
     diff = [k for k in now if k in saved and saved[k] != now[k]]
@@ -274,12 +269,7 @@ def _check_resumable(cfg: FinetuneConfig, payload: dict[str, Any], where: Path) 
 def finetune(cfg: FinetuneConfig) -> Iterator[Event]:
     """Run (or resume, with ``cfg.resume``) an ink fine-tuning; see the module docstring."""
     validate_finetune_config(cfg)
-    ctx = setup_distributed(cfg.device)
-    try:
-        yield from _finetune(cfg, ctx)
-    finally:
-        ctx.close()
-        release_device_memory(ctx.device)
+    yield from run_distributed(cfg.device, lambda ctx: _finetune(cfg, ctx))
 
 
 def _build_model(cfg: FinetuneConfig, payload: dict[str, Any] | None):
@@ -300,14 +290,66 @@ def _build_model(cfg: FinetuneConfig, payload: dict[str, Any] | None):
     return model, {k: (str(v) if not isinstance(v, (int, float, bool, type(None))) else v) for k, v in keep.items()}
 
 
+class _InkSteps:
+    """The ink loss of a micro-batch of labeled tiles; validation, scores and the preview each epoch."""
+
+    loss_name = "ink loss"
+    term_names = ("loss", "bce", "dice")
+
+    def __init__(self, cfg: FinetuneConfig, model: nn.Module, ctx: DistContext, precision: Precision,
+                 val: TileSource, encoder_info: dict[str, Any]) -> None:
+        self.cfg, self.model, self.ctx, self.precision = cfg, model, ctx, precision
+        self.val, self.encoder_info = val, encoder_info
+
+    def start_epoch(self, partial: dict[str, Any] | None) -> None:
+        self.model.train()
+
+    def losses(self, batch: tuple[Tensor, Tensor], aug_gen: torch.Generator) -> dict[str, Tensor]:
+        cfg, device = self.cfg, self.ctx.device
+        tiles, labels = batch
+        tiles = tiles.to(device, non_blocking=True)[:, None]
+        labels = labels.to(device, non_blocking=True)[:, None]
+        tiles, labels = augment_batch(tiles, labels, cfg.augment, aug_gen)
+        with self.precision.autocast():
+            logits = self.model(tiles)
+        return ink_loss(logits, labels, cfg.bce_weight, cfg.label_smoothing)
+
+    def partial_state(self) -> dict[str, Any]:
+        return {}
+
+    def train_metrics(self) -> dict[str, float]:
+        return {}
+
+    def evaluate(self, epoch: int, metrics: dict[str, float]) -> list[Event]:
+        cfg, device = self.cfg, self.ctx.device
+        if not self.ctx.is_main:
+            return []
+        try:
+            mean, count, origin, cell = predict_tiles(unwrap(self.model), self.val, cfg, device, self.precision)
+        except Exception as exc:
+            if not is_out_of_memory(exc):
+                raise
+            release_device_memory(device)
+            raise EpochFailed(out_of_memory_message(device, cfg.batch_size, int(cfg.optim.accumulate), tile_label(cfg.tile))
+                              + " (validation)") from None
+        metrics.update(score(mean, count, origin, cell, self.val))
+        return [preview(mean, origin, cell, cfg.data.downsample, epoch)]
+
+    def model_fields(self, model: nn.Module) -> dict[str, Any]:
+        return {
+            "kind": "finetune",
+            "encoder_spec": to_dict(model.encoder.spec),
+            "encoder": model.encoder.state_dict(),
+            "encoder_info": self.encoder_info,
+            "expander": None,
+            "head": model.head.state_dict(),
+            "output_stride": int(self.cfg.output_stride),
+        }
+
+
 def _finetune(cfg: FinetuneConfig, ctx: DistContext) -> Iterator[Event]:
     device = ctx.device
-    run = RunFolder(cfg.resume or cfg.out)
-    payload: dict[str, Any] | None = None
-    if cfg.resume:
-        ckpt_path, payload = run.load_latest("finetune")
-        _check_resumable(cfg, payload, ckpt_path)
-    cfg_run = dataclasses.replace(cfg, out=str(run.path), resume=None)
+    run, payload, cfg_run = open_run(cfg, "finetune", _check_resumable)
     if ctx.is_main:
         run.create(cfg_run, fresh=payload is None)  # the folder first: the region copy goes into it
 
@@ -316,9 +358,7 @@ def _finetune(cfg: FinetuneConfig, ctx: DistContext) -> Iterator[Event]:
         cfg_run = dataclasses.replace(cfg_run, val_region=str(run.path / REGION_COPY))
         run.create(cfg_run, fresh=False)
     index = tile_index(train)
-    accumulate = int(cfg.optim.accumulate)
-    steps = int(cfg.steps_per_epoch or max(1, len(index) // (cfg.batch_size * accumulate * ctx.world_size)))
-    total_steps = steps * cfg.epochs
+    accumulate, steps, total_steps = plan_steps(cfg, len(index), ctx.world_size)
     data_filled = dataclasses.replace(cfg.data, normalization_params=dict(train[0].normalizer.params))
     normalization = {s.path: dict(s.normalizer.params) for s in [*train, val]}
 
@@ -328,190 +368,17 @@ def _finetune(cfg: FinetuneConfig, ctx: DistContext) -> Iterator[Event]:
     if not cfg.freeze_encoder:
         groups.append({"params": list(model_inner.encoder_parameters()), "lr_scale": cfg.encoder_lr_scale})
     optimizer = build_optimizer(groups, cfg.optim)
-    schedule = WarmupCosine(optimizer, total_steps, round(cfg.optim.warmup_epochs * steps), cfg.optim.min_lr_ratio)
-    precision = Precision(device, cfg.amp)
-    first_epoch, skip, partial = 0, 0, None
+    schedule, precision = schedule_and_precision(optimizer, cfg, steps, total_steps, device)
     if payload is not None:
         model_inner.encoder.load_state_dict(payload["encoder"])
         model_inner.head.load_state_dict(payload["head"])
-        optimizer.load_state_dict(payload["optimizer"])
-        schedule.load_state_dict(payload["scheduler"])
-        precision.load_state_dict(payload.get("scaler"))
-        restore_rng(payload.get("rng"))
-        first_epoch, skip = int(payload["epoch"]), int(payload.get("step") or 0)
-        partial = payload.get("partial")
-        if ctx.is_main:
-            run.truncate_metrics(first_epoch)
+    first_epoch, skip, partial = restore_training(payload, optimizer, schedule, precision)
+    if payload is not None and ctx.is_main:
+        run.truncate_metrics(first_epoch)
     model = wrap_ddp(model_inner, ctx)
     params = [p for p in model_inner.parameters() if p.requires_grad]
 
-    def make_payload(epoch: int, step: int, metrics: dict[str, float], partial_state: dict | None) -> dict[str, Any]:
-        inner = unwrap(model)
-        return to_cpu({
-            "kind": "finetune",
-            "encoder_spec": to_dict(inner.encoder.spec),
-            "encoder": inner.encoder.state_dict(),
-            "encoder_info": encoder_info,
-            "expander": None,
-            "head": inner.head.state_dict(),
-            "output_stride": int(cfg.output_stride),
-            "tile": to_dict(cfg.tile),
-            "data": to_dict(data_filled),
-            "normalization": normalization,
-            "optimizer": optimizer.state_dict(),
-            "scheduler": schedule.state_dict(),
-            "scaler": precision.state_dict(),
-            "rng": capture_rng(),
-            "config": to_dict(cfg_run),
-            "epoch": epoch,
-            "step": step,
-            "metrics": {k: float(v) for k, v in metrics.items()},
-            "partial": partial_state,
-        })
-
-    batches = EpochBatches(len(index), cfg.batch_size, steps, accumulate, cfg.seed, ctx.rank, ctx.world_size)
+    training = Training(cfg, cfg_run, ctx, run, model, params, optimizer, schedule, precision, accumulate, steps,
+                        total_steps, data_filled, normalization, first_epoch, skip, partial, summary_extra=split)
     dataset = InkTiles(train, index, cfg.tile.depth, cfg.tile.size, int(cfg.augment.max_z_shift))
-    loader = make_loader(dataset, batches, cfg.num_workers, pin_memory=device.type == "cuda")
-    aug_gen = torch.Generator()
-    tile_text = f"{cfg.tile.depth}x{cfg.tile.size}x{cfg.tile.size}"
-    samples_per_step = cfg.batch_size * accumulate * ctx.world_size
-    last_metrics: dict[str, float] = {}
-    t_run = time.perf_counter()
-
-    def summary() -> dict[str, Any]:
-        out: dict[str, Any] = {"epochs": cfg.epochs, "seconds": time.perf_counter() - t_run, **split}
-        out.update({f"final_{k}": v for k, v in last_metrics.items()})
-        if ctx.is_main and run.latest_checkpoint() is not None:
-            out["checkpoint"] = str(run.latest_checkpoint())
-        return out
-
-    try:
-        yield Started(run.path if ctx.is_main else None, describe_device(device), total_steps=total_steps, first_epoch=first_epoch)
-    except GeneratorExit:
-        ctx.announce_stop(first_epoch < cfg.epochs)
-        return
-
-    stopped = False  # this generator was closed
-    peer_stopped = False  # another rank's was (under torchrun)
-    for epoch in range(first_epoch + 1, cfg.epochs + 1):
-        batches.set_epoch(epoch, skip)
-        meter = Meter((partial or {}).get("meter"))
-        step = skip
-        epoch_wait = 0.0
-        t_epoch = time.perf_counter()
-        model.train()
-        it = iterate_batches(loader, cfg.prefetch)
-        failure: str | None = None
-        try:
-            while step < steps:
-                if ctx.peer_stopped():
-                    peer_stopped = True
-                    break
-                step += 1
-                t0 = time.perf_counter()
-                wait = 0.0
-                optimizer.zero_grad(set_to_none=True)
-                step_terms = {"loss": 0.0, "bce": 0.0, "dice": 0.0}
-                try:
-                    for micro in range(accumulate):
-                        tw = time.perf_counter()
-                        tiles, labels = next(it)
-                        wait += time.perf_counter() - tw
-                        tiles = tiles.to(device, non_blocking=True)[:, None]
-                        labels = labels.to(device, non_blocking=True)[:, None]
-                        aug_gen.manual_seed(mix_seed(cfg.seed, epoch, step, micro, ctx.rank))
-                        tiles, labels = augment_batch(tiles, labels, cfg.augment, aug_gen)
-                        with maybe_no_sync(model, micro < accumulate - 1):
-                            with precision.autocast():
-                                logits = model(tiles)
-                            losses = ink_loss(logits, labels, cfg.bce_weight, cfg.label_smoothing)
-                            if ctx.any(not bool(torch.isfinite(losses["loss"]))):
-                                failure = nonfinite_message("ink loss", epoch, step, schedule.lr)
-                                break
-                            precision.backward(losses["loss"] / accumulate)
-                        for k in step_terms:
-                            step_terms[k] += float(losses[k].detach()) / accumulate
-                    if failure is None:
-                        _, stepped = precision.step(optimizer, params, cfg.optim.grad_clip)
-                        if ctx.any(not stepped) and precision.scaler is None:
-                            failure = nonfinite_message("gradient", epoch, step, schedule.lr)
-                except RunError as exc:
-                    failure = f"{exc} (epoch {epoch}, step {step}); the run stopped and its last good checkpoint is kept"
-                except Exception as exc:
-                    if not is_out_of_memory(exc):
-                        raise
-                    release_device_memory(device)
-                    failure = out_of_memory_message(device, cfg.batch_size, accumulate, tile_text)
-                if failure is not None:
-                    break
-                lr = schedule.lr
-                schedule.step()
-                meter.add(step_terms)
-                epoch_wait += wait
-                elapsed = max(time.perf_counter() - t0, 1e-9)
-                try:
-                    yield StepDone(epoch, step, steps, dict(step_terms), lr, samples_per_step / elapsed, min(1.0, wait / elapsed))
-                except GeneratorExit:
-                    stopped = True
-                    break
-        finally:
-            close_batches(it)
-
-        if failure is not None:
-            yield Failed(failure, run.latest_checkpoint() if ctx.is_main else None)
-            return
-
-        if step < steps:  # stopped inside the epoch: keep the step reached, resume continues from it
-            if ctx.is_main:
-                run.save(make_payload(epoch - 1, step, last_metrics, {"meter": meter.state_dict()}), completed_epoch=False)
-            if stopped:
-                ctx.announce_stop(True)
-                return
-            try:  # stopped by another rank: this consumer still hears how the run ended
-                yield Finished(run.path if ctx.is_main else None, summary(), stopped=peer_stopped)
-            except GeneratorExit:
-                pass
-            return
-
-        # ---- the epoch is complete: validate, checkpoint, report
-        seconds = time.perf_counter() - t_epoch
-        metrics = meter.means(ctx)
-        metrics["lr"] = schedule.lr
-        metrics["seconds"] = seconds
-        metrics["samples_per_s"] = (steps - skip) * samples_per_step / max(seconds, 1e-9)
-        metrics["data_wait"] = epoch_wait / max(seconds, 1e-9)
-        preview_event = None
-        if ctx.is_main:
-            try:
-                mean, count, origin, cell = predict_tiles(unwrap(model), val, cfg, device, precision)
-            except Exception as exc:
-                if not is_out_of_memory(exc):
-                    raise
-                release_device_memory(device)
-                yield Failed(out_of_memory_message(device, cfg.batch_size, accumulate, tile_text) + " (validation)",
-                             run.latest_checkpoint())
-                return
-            metrics.update(score(mean, count, origin, cell, val))
-            preview_event = preview(mean, origin, cell, cfg.data.downsample, epoch)
-        last_metrics = metrics
-        checkpoint = None
-        if ctx.is_main:
-            checkpoint = run.save(make_payload(epoch, 0, metrics, None), completed_epoch=True)
-            run.append_metrics({"epoch": epoch, **metrics})
-        skip, partial = 0, None
-        if stopped:
-            ctx.announce_stop(epoch < cfg.epochs)
-            return
-        try:
-            if preview_event is not None:
-                yield preview_event
-            yield EpochDone(epoch, cfg.epochs, metrics, checkpoint)
-        except GeneratorExit:
-            ctx.announce_stop(epoch < cfg.epochs)
-            return
-
-    try:
-        yield Finished(run.path if ctx.is_main else None, summary())
-    except GeneratorExit:
-        return
-
+    yield from train_epochs(training, _InkSteps(cfg, model, ctx, precision, val, encoder_info), dataset, len(index))

@@ -16,45 +16,34 @@ never touched by a stop. A NaN or infinite loss yields ``Failed`` and keeps the 
 from __future__ import annotations
 
 import dataclasses
-import time
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import torch
 from torch import Tensor, nn
 
 from napari_vesuvius_pt.config import PretrainConfig, to_dict
 from napari_vesuvius_pt.data.augment import augment_batch
-from napari_vesuvius_pt.engine.datasets import (
-    EpochBatches,
-    PretrainViews,
-    close_batches,
-    iterate_batches,
-    make_loader,
-    open_source,
-    tile_index,
+from napari_vesuvius_pt.engine.datasets import PretrainViews, open_source, tile_index
+from napari_vesuvius_pt.engine.events import Event
+from napari_vesuvius_pt.engine.loop import (
+    Training,
+    check_same_batches,
+    open_run,
+    plan_steps,
+    restore_training,
+    run_distributed,
+    schedule_and_precision,
+    train_epochs,
+    validate_steps,
 )
-from napari_vesuvius_pt.engine.device import describe_device, release_device_memory
-from napari_vesuvius_pt.engine.events import EpochDone, Event, Failed, Finished, Started, StepDone
-from napari_vesuvius_pt.engine.run_folder import RunFolder
 from napari_vesuvius_pt.engine.training import (
     DistContext,
-    Meter,
     Precision,
-    WarmupCosine,
     build_optimizer,
-    capture_rng,
     embedding_stats,
-    is_out_of_memory,
-    maybe_no_sync,
-    mix_seed,
-    nonfinite_message,
-    out_of_memory_message,
-    restore_rng,
     seed_everything,
-    setup_distributed,
-    to_cpu,
-    unwrap,
     wrap_ddp,
 )
 from napari_vesuvius_pt.errors import ConfigError, RunError
@@ -84,10 +73,7 @@ def validate_pretrain_config(cfg: PretrainConfig) -> None:
         raise ConfigError(f"epochs must be at least 1, got {cfg.epochs}")
     if cfg.batch_size < 2:
         raise ConfigError(f"VICReg needs a batch of at least 2 tiles to measure variance, got batch size {cfg.batch_size}")
-    if cfg.steps_per_epoch is not None and cfg.steps_per_epoch < 1:
-        raise ConfigError(f"steps_per_epoch must be at least 1 (or empty for one pass over the tiles), got {cfg.steps_per_epoch}")
-    if cfg.optim.accumulate < 1:
-        raise ConfigError(f"optim.accumulate must be at least 1, got {cfg.optim.accumulate}")
+    validate_steps(cfg)
     if cfg.tile.depth < 1 or cfg.tile.size < 16:
         raise ConfigError(f"tiles must have at least 1 layer and 16 pixels a side, got {cfg.tile.depth}x{cfg.tile.size}x{cfg.tile.size}")
     if cfg.augment.max_z_shift < 0:
@@ -95,14 +81,8 @@ def validate_pretrain_config(cfg: PretrainConfig) -> None:
 
 
 def _check_resumable(cfg: PretrainConfig, payload: dict[str, Any], where: Path) -> None:
+    check_same_batches(cfg, payload, where)
     saved = payload.get("config") or {}
-    if payload.get("step"):  # stopped inside an epoch: the rest of that epoch needs the same batches
-        for key, now_value in (("batch_size", cfg.batch_size), ("steps_per_epoch", cfg.steps_per_epoch)):
-            if key in saved and saved[key] != now_value:
-                raise RunError(
-                    f"cannot resume {where} inside epoch {int(payload['epoch']) + 1} with {key}={now_value!r}: it was "
-                    f"stopped there with {key}={saved[key]!r}; keep the run's own value"
-                )
     for key, now in (("encoder", to_dict(cfg.encoder)), ("tile", to_dict(cfg.tile)),
                      ("vicreg", {"expander": list(cfg.vicreg.expander)})):
         before = saved.get(key) or {}
@@ -115,25 +95,67 @@ def _check_resumable(cfg: PretrainConfig, payload: dict[str, Any], where: Path) 
             )
 
 
+
+class _VICRegSteps:
+    """The VICReg loss of a micro-batch of view pairs, and the pooled embeddings for the collapse monitor."""
+
+    loss_name = "VICReg loss"
+    term_names = ("loss", "invariance", "variance", "covariance")
+
+    def __init__(self, cfg: PretrainConfig, model: nn.Module, ctx: DistContext, precision: Precision) -> None:
+        self.cfg, self.model, self.ctx, self.precision = cfg, model, ctx, precision
+        self.monitor: list[Tensor] = []
+
+    def start_epoch(self, partial: dict[str, Any] | None) -> None:
+        self.monitor = [t for t in ((partial or {}).get("monitor") or [])]
+
+    def losses(self, batch: tuple[Tensor, Tensor], aug_gen: torch.Generator) -> dict[str, Tensor]:
+        cfg, device = self.cfg, self.ctx.device
+        v1, v2 = batch
+        v1 = v1.to(device, non_blocking=True)[:, None]
+        v2 = v2.to(device, non_blocking=True)[:, None]
+        v1, _ = augment_batch(v1, None, cfg.augment, aug_gen)
+        v2, _ = augment_batch(v2, None, cfg.augment, aug_gen)
+        with self.precision.autocast():
+            y1, _, z1, z2 = self.model(v1, v2)
+        terms = vicreg_loss(z1, z2, cfg.vicreg.sim_coeff, cfg.vicreg.std_coeff, cfg.vicreg.cov_coeff)
+        # kept before the backward pass: a micro-batch that fails ends the run, and the monitor with it
+        if sum(t.shape[0] for t in self.monitor) < MONITOR_ROWS:
+            self.monitor.append(y1.detach().float().cpu())
+        return dict(zip(self.term_names, terms))
+
+    def partial_state(self) -> dict[str, Any]:
+        return {"monitor": self.monitor}
+
+    def train_metrics(self) -> dict[str, float]:
+        if self.ctx.is_main and self.monitor:
+            return embedding_stats(torch.cat(self.monitor)[:MONITOR_ROWS])
+        return {}
+
+    def evaluate(self, epoch: int, metrics: dict[str, float]) -> list[Event]:
+        return []
+
+    def model_fields(self, model: nn.Module) -> dict[str, Any]:
+        return {
+            "kind": "pretrain",
+            "encoder_spec": to_dict(model.encoder.spec),
+            "encoder": model.encoder.state_dict(),
+            "expander": model.expander.state_dict(),
+            "expander_widths": list(self.cfg.vicreg.expander),
+            "head": None,
+            "output_stride": None,
+        }
+
+
 def pretrain(cfg: PretrainConfig) -> Iterator[Event]:
     """Run (or resume, with ``cfg.resume``) a VICReg pretraining; see the module docstring."""
     validate_pretrain_config(cfg)
-    ctx = setup_distributed(cfg.device)
-    try:
-        yield from _pretrain(cfg, ctx)
-    finally:
-        ctx.close()
-        release_device_memory(ctx.device)
+    yield from run_distributed(cfg.device, lambda ctx: _pretrain(cfg, ctx))
 
 
 def _pretrain(cfg: PretrainConfig, ctx: DistContext) -> Iterator[Event]:
     device = ctx.device
-    run = RunFolder(cfg.resume or cfg.out)
-    payload: dict[str, Any] | None = None
-    if cfg.resume:
-        ckpt_path, payload = run.load_latest("pretrain")
-        _check_resumable(cfg, payload, ckpt_path)
-    cfg_run = dataclasses.replace(cfg, out=str(run.path), resume=None)
+    run, payload, cfg_run = open_run(cfg, "pretrain", _check_resumable)
 
     # ---- data
     max_shift = int(cfg.augment.max_z_shift)
@@ -148,9 +170,7 @@ def _pretrain(cfg: PretrainConfig, ctx: DistContext) -> Iterator[Event]:
             f"no {cfg.tile.size}x{cfg.tile.size} tile lies inside the masks of the segments (min_mask_fraction "
             f"{cfg.tile.min_mask_fraction}, mask_erosion {cfg.mask_erosion}); use smaller tiles or a lower min_mask_fraction"
         )
-    accumulate = int(cfg.optim.accumulate)
-    steps = int(cfg.steps_per_epoch or max(1, len(index) // (cfg.batch_size * accumulate * ctx.world_size)))
-    total_steps = steps * cfg.epochs
+    accumulate, steps, total_steps = plan_steps(cfg, len(index), ctx.world_size)
     data_filled = dataclasses.replace(cfg.data, normalization_params=dict(sources[0].normalizer.params))
     normalization = {s.path: dict(s.normalizer.params) for s in sources}
 
@@ -160,18 +180,11 @@ def _pretrain(cfg: PretrainConfig, ctx: DistContext) -> Iterator[Event]:
     expander = Expander(encoder.embedding_dim, cfg.vicreg.expander)
     net = VICRegNet(encoder, expander).to(device)
     optimizer = build_optimizer([{"params": list(net.parameters())}], cfg.optim)
-    schedule = WarmupCosine(optimizer, total_steps, round(cfg.optim.warmup_epochs * steps), cfg.optim.min_lr_ratio)
-    precision = Precision(device, cfg.amp)
-    first_epoch, skip, partial = 0, 0, None
+    schedule, precision = schedule_and_precision(optimizer, cfg, steps, total_steps, device)
     if payload is not None:
         encoder.load_state_dict(payload["encoder"])
         expander.load_state_dict(payload["expander"])
-        optimizer.load_state_dict(payload["optimizer"])
-        schedule.load_state_dict(payload["scheduler"])
-        precision.load_state_dict(payload.get("scaler"))
-        restore_rng(payload.get("rng"))
-        first_epoch, skip = int(payload["epoch"]), int(payload.get("step") or 0)
-        partial = payload.get("partial")
+    first_epoch, skip, partial = restore_training(payload, optimizer, schedule, precision)
     model = wrap_ddp(net, ctx)
     params = [p for p in net.parameters() if p.requires_grad]
 
@@ -180,162 +193,7 @@ def _pretrain(cfg: PretrainConfig, ctx: DistContext) -> Iterator[Event]:
         if payload is not None:
             run.truncate_metrics(first_epoch)
 
-    def make_payload(epoch: int, step: int, metrics: dict[str, float], partial_state: dict | None) -> dict[str, Any]:
-        inner = unwrap(model)
-        return to_cpu({
-            "kind": "pretrain",
-            "encoder_spec": to_dict(inner.encoder.spec),
-            "encoder": inner.encoder.state_dict(),
-            "expander": inner.expander.state_dict(),
-            "expander_widths": list(cfg.vicreg.expander),
-            "head": None,
-            "output_stride": None,
-            "tile": to_dict(cfg.tile),
-            "data": to_dict(data_filled),
-            "normalization": normalization,
-            "optimizer": optimizer.state_dict(),
-            "scheduler": schedule.state_dict(),
-            "scaler": precision.state_dict(),
-            "rng": capture_rng(),
-            "config": to_dict(cfg_run),
-            "epoch": epoch,
-            "step": step,
-            "metrics": {k: float(v) for k, v in metrics.items()},
-            "partial": partial_state,
-        })
-
-    batches = EpochBatches(len(index), cfg.batch_size, steps, accumulate, cfg.seed, ctx.rank, ctx.world_size)
+    training = Training(cfg, cfg_run, ctx, run, model, params, optimizer, schedule, precision, accumulate, steps,
+                        total_steps, data_filled, normalization, first_epoch, skip, partial)
     dataset = PretrainViews(sources, index, cfg.tile.depth, cfg.tile.size, max_shift, cfg.augment.same_z_shift)
-    loader = make_loader(dataset, batches, cfg.num_workers, pin_memory=device.type == "cuda")
-    aug_gen = torch.Generator()
-    tile_text = f"{cfg.tile.depth}x{cfg.tile.size}x{cfg.tile.size}"
-    samples_per_step = cfg.batch_size * accumulate * ctx.world_size
-    last_metrics: dict[str, float] = {}
-    t_run = time.perf_counter()
-
-    def summary() -> dict[str, Any]:
-        out = {"epochs": cfg.epochs, "seconds": time.perf_counter() - t_run, **{f"final_{k}": v for k, v in last_metrics.items()}}
-        if ctx.is_main and run.latest_checkpoint() is not None:
-            out["checkpoint"] = str(run.latest_checkpoint())
-        return out
-
-    try:
-        yield Started(run.path if ctx.is_main else None, describe_device(device), total_steps=total_steps, first_epoch=first_epoch)
-    except GeneratorExit:
-        ctx.announce_stop(first_epoch < cfg.epochs)
-        return
-
-    stopped = False  # this generator was closed
-    peer_stopped = False  # another rank's was (under torchrun)
-    for epoch in range(first_epoch + 1, cfg.epochs + 1):
-        batches.set_epoch(epoch, skip)
-        meter = Meter((partial or {}).get("meter"))
-        monitor: list[Tensor] = [t for t in ((partial or {}).get("monitor") or [])]
-        step = skip
-        epoch_wait = 0.0
-        t_epoch = time.perf_counter()
-        it = iterate_batches(loader, cfg.prefetch)
-        failure: str | None = None
-        try:
-            while step < steps:
-                if ctx.peer_stopped():
-                    peer_stopped = True
-                    break
-                step += 1
-                t0 = time.perf_counter()
-                wait = 0.0
-                optimizer.zero_grad(set_to_none=True)
-                step_terms = {"loss": 0.0, "invariance": 0.0, "variance": 0.0, "covariance": 0.0}
-                try:
-                    for micro in range(accumulate):
-                        tw = time.perf_counter()
-                        v1, v2 = next(it)
-                        wait += time.perf_counter() - tw
-                        v1 = v1.to(device, non_blocking=True)[:, None]
-                        v2 = v2.to(device, non_blocking=True)[:, None]
-                        aug_gen.manual_seed(mix_seed(cfg.seed, epoch, step, micro, ctx.rank))
-                        v1, _ = augment_batch(v1, None, cfg.augment, aug_gen)
-                        v2, _ = augment_batch(v2, None, cfg.augment, aug_gen)
-                        with maybe_no_sync(model, micro < accumulate - 1):
-                            with precision.autocast():
-                                y1, _, z1, z2 = model(v1, v2)
-                            terms = vicreg_loss(z1, z2, cfg.vicreg.sim_coeff, cfg.vicreg.std_coeff, cfg.vicreg.cov_coeff)
-                            if ctx.any(not bool(torch.isfinite(terms.total))):
-                                failure = nonfinite_message("VICReg loss", epoch, step, schedule.lr)
-                                break
-                            precision.backward(terms.total / accumulate)
-                        for k, v in zip(("loss", "invariance", "variance", "covariance"), terms):
-                            step_terms[k] += float(v.detach()) / accumulate
-                        if sum(t.shape[0] for t in monitor) < MONITOR_ROWS:
-                            monitor.append(y1.detach().float().cpu())
-                    if failure is None:
-                        _, stepped = precision.step(optimizer, params, cfg.optim.grad_clip)
-                        if ctx.any(not stepped) and precision.scaler is None:
-                            failure = nonfinite_message("gradient", epoch, step, schedule.lr)
-                except RunError as exc:  # NaN/inf inputs or embeddings, found by the encoder or the loss
-                    failure = f"{exc} (epoch {epoch}, step {step}); the run stopped and its last good checkpoint is kept"
-                except Exception as exc:
-                    if not is_out_of_memory(exc):
-                        raise
-                    release_device_memory(device)
-                    failure = out_of_memory_message(device, cfg.batch_size, accumulate, tile_text)
-                if failure is not None:
-                    break
-                lr = schedule.lr
-                schedule.step()
-                meter.add(step_terms)
-                elapsed = max(time.perf_counter() - t0, 1e-9)
-                epoch_wait += wait
-                try:
-                    yield StepDone(epoch, step, steps, dict(step_terms), lr, samples_per_step / elapsed, min(1.0, wait / elapsed))
-                except GeneratorExit:
-                    stopped = True
-                    break
-        finally:
-            close_batches(it)
-
-        if failure is not None:
-            yield Failed(failure, run.latest_checkpoint() if ctx.is_main else None)
-            return
-
-        if step < steps:  # stopped inside the epoch: keep the step reached, resume continues from it
-            if ctx.is_main:
-                run.save(make_payload(epoch - 1, step, last_metrics,
-                                      {"meter": meter.state_dict(), "monitor": monitor}), completed_epoch=False)
-            if stopped:
-                ctx.announce_stop(True)
-                return
-            try:  # stopped by another rank: this consumer still hears how the run ended
-                yield Finished(run.path if ctx.is_main else None, summary(), stopped=peer_stopped)
-            except GeneratorExit:
-                pass
-            return
-
-        # ---- the epoch is complete
-        seconds = time.perf_counter() - t_epoch
-        metrics = meter.means(ctx)
-        if ctx.is_main and monitor:
-            metrics.update(embedding_stats(torch.cat(monitor)[:MONITOR_ROWS]))
-        metrics["lr"] = schedule.lr
-        metrics["seconds"] = seconds
-        metrics["samples_per_s"] = (steps - skip) * samples_per_step / max(seconds, 1e-9)
-        metrics["data_wait"] = epoch_wait / max(seconds, 1e-9)
-        last_metrics = metrics
-        checkpoint = None
-        if ctx.is_main:
-            checkpoint = run.save(make_payload(epoch, 0, metrics, None), completed_epoch=True)
-            run.append_metrics({"epoch": epoch, **metrics})
-        skip, partial = 0, None
-        if stopped:
-            ctx.announce_stop(epoch < cfg.epochs)
-            return
-        try:
-            yield EpochDone(epoch, cfg.epochs, metrics, checkpoint)
-        except GeneratorExit:
-            ctx.announce_stop(epoch < cfg.epochs)
-            return
-
-    try:
-        yield Finished(run.path if ctx.is_main else None, summary())
-    except GeneratorExit:
-        return
+    yield from train_epochs(training, _VICRegSteps(cfg, model, ctx, precision), dataset, len(index))
