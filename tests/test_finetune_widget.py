@@ -124,3 +124,18 @@ def test_missing_region_and_bad_weights_are_notifications(make_napari_viewer, qt
     assert not widget.start()
     assert any("encoder weights not found" in str(n.message) for n in notifications)
     assert widget.start_button.isEnabled()
+
+
+def test_a_validation_fragment_from_the_segments_widget_is_offered(make_napari_viewer, fragment_dir, fragment2_dir):
+    from napari_vesuvius_pt.ui.segment_registry import VALIDATION
+
+    viewer = make_napari_viewer()
+    widget = FinetuneWidget(viewer)
+    for path, role in ((fragment_dir, TRAIN), (fragment2_dir, VALIDATION)):
+        segment = open_segment(path)
+        registry_for(viewer).add(LoadedSegment(
+            path=path, name=segment.name, role=role, shape=segment.shape, dtype=str(segment.volume.dtype),
+            z_range=(0, segment.shape[0]), has_mask=True, has_inklabels=True))
+    assert widget.fragments.paths() == [str(fragment_dir)]
+    assert widget.val_fragment.text() == str(fragment2_dir)
+    assert widget.validation.currentData() == "fragment"

@@ -7,7 +7,6 @@ prediction over the validation tiles that is replaced after every epoch.
 
 from __future__ import annotations
 
-import shlex
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -45,7 +44,7 @@ ORIGINS = (
     ("k700", "Kinetics-700 weights file"),
     ("run", "pretraining run or checkpoint"),
 )
-VALIDATION = (("regions", "regions drawn on the first fragment"), ("fragment", "a whole validation fragment"))
+VALIDATION_CHOICES = (("regions", "regions drawn on the first fragment"), ("fragment", "a whole validation fragment"))
 
 
 class FinetuneWidget(JobWidget):
@@ -60,8 +59,8 @@ class FinetuneWidget(JobWidget):
         self._offered: set[str] = set()
         self.fragments = PathList(FILE_OR_FOLDER, title="Add a labeled fragment")
         self.fragments.setToolTip("Fragments with ink labels; the first ticked one carries the validation regions")
-        self.validation = combo([v for v, _ in VALIDATION])
-        for i, (_, text) in enumerate(VALIDATION):
+        self.validation = combo([v for v, _ in VALIDATION_CHOICES])
+        for i, (_, text) in enumerate(VALIDATION_CHOICES):
             self.validation.setItemText(i, text)
         self.draw_button = QPushButton("Draw validation regions")
         self.draw_button.setToolTip(
@@ -264,12 +263,6 @@ class FinetuneWidget(JobWidget):
             return finetune(config)
 
         return run
-
-    def cli_command(self, config: FinetuneConfig) -> str:
-        # the run folder's own config, into a fresh folder (the CLI refuses to overwrite a run)
-        again = next_free_folder(Path(config.out).with_name(Path(config.out).name + "-again"))
-        return shlex.join(["vesuvius-pt", self.cli_name, "--config", str(Path(config.out) / "config.yaml"),
-                           "--out", str(again)])
 
     # ---------------------------------------------------------------- events
 

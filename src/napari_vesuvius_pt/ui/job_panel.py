@@ -250,7 +250,16 @@ class JobWidget(QWidget):
         raise NotImplementedError
 
     def cli_command(self, config: Any) -> str:
-        raise NotImplementedError
+        """The run folder's own config, into a fresh folder (the CLI refuses to overwrite a run).
+        Jobs without a run folder override this."""
+        import shlex
+        from pathlib import Path
+
+        from napari_vesuvius_pt.ui.fields import next_free_folder
+
+        out = Path(config.out)
+        again = next_free_folder(out.with_name(out.name + "-again"))
+        return shlex.join(["vesuvius-pt", self.cli_name, "--config", str(out / "config.yaml"), "--out", str(again)])
 
     def planned_epochs(self, config: Any) -> int:
         return int(getattr(config, "epochs", 1) or 1)

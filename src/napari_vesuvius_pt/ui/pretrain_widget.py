@@ -6,7 +6,6 @@ deviation and effective rank of the embeddings) per epoch. Stop leaves a checkpo
 
 from __future__ import annotations
 
-import shlex
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -138,12 +137,6 @@ class PretrainWidget(JobWidget):
             return pretrain(config)
 
         return run
-
-    def cli_command(self, config: PretrainConfig) -> str:
-        # the run folder's own config, into a fresh folder (the CLI refuses to overwrite a run)
-        again = next_free_folder(Path(config.out).with_name(Path(config.out).name + "-again"))
-        return shlex.join(["vesuvius-pt", self.cli_name, "--config", str(Path(config.out) / "config.yaml"),
-                           "--out", str(again)])
 
     # ---------------------------------------------------------------- events
 
