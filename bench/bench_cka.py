@@ -22,7 +22,7 @@ import torch
 
 from napari_vesuvius_pt.config import CKAConfig, DataConfig, TileConfig, to_dict
 from napari_vesuvius_pt.data.synthetic import make_fragment, write_segment
-from napari_vesuvius_pt.engine.cka import cka
+from napari_vesuvius_pt.engine.cka_run import cka
 from napari_vesuvius_pt.engine.events import Finished
 from napari_vesuvius_pt.models.checkpoint import save_checkpoint
 from napari_vesuvius_pt.models.encoder import build_encoder

@@ -92,7 +92,7 @@ def child_engine(args: argparse.Namespace) -> dict:
     set_threads(args)
     from napari_vesuvius_pt.config import PredictConfig
     from napari_vesuvius_pt.engine.events import Finished
-    from napari_vesuvius_pt.engine.predict import load_predictor, predict
+    from napari_vesuvius_pt.engine.prediction import load_predictor, predict
 
     import napari_vesuvius_pt.data.normalize  # noqa: F401  imported before the clock starts, as for MONAI
     import napari_vesuvius_pt.data.segment  # noqa: F401
@@ -124,7 +124,7 @@ def child_monai(args: argparse.Namespace) -> dict:
 
     from napari_vesuvius_pt.data.normalize import normalizer_from_config
     from napari_vesuvius_pt.data.segment import open_from_config
-    from napari_vesuvius_pt.engine.predict import load_predictor
+    from napari_vesuvius_pt.engine.prediction import load_predictor
 
     predictor = load_predictor(args.checkpoint)
     model = predictor.model.eval()
@@ -179,8 +179,8 @@ def weighting_check(checkpoint: Path, fragment: Path, workdir: Path, edge: int, 
     """F0.5 of mean vs Gaussian blending, same model and fragment: with the kept centres tiling the plane
     (where the two are the same by construction), and overlapping by half (edge kept, and edge 0)."""
     from napari_vesuvius_pt.config import PredictConfig
-    from napari_vesuvius_pt.engine.evaluate import evaluate
-    from napari_vesuvius_pt.engine.predict import load_predictor, predict
+    from napari_vesuvius_pt.engine.evaluation import evaluate
+    from napari_vesuvius_pt.engine.prediction import load_predictor, predict
 
     predictor = load_predictor(checkpoint)
     size, r = predictor.tile.size, predictor.output_stride

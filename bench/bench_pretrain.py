@@ -3,7 +3,7 @@
     python bench/bench_pretrain.py --quick            # about a minute on a laptop CPU
     python bench/bench_pretrain.py                     # more steps; on a GPU also the seed configuration
 
-Runs the real engine (``engine.pretrain``) on synthetic scroll segments stored as TIFF layer folders,
+Runs the real engine (``engine.pretraining``) on synthetic scroll segments stored as TIFF layer folders,
 side by side in one process, with three loader settings: the default (no worker processes, batches read
 ahead by a background thread), reading inside the training loop (``prefetch: 0``), and two spawned
 DataLoader workers. For each it prints training samples per second (both views of a tile count as one
@@ -26,7 +26,7 @@ from napari_vesuvius_pt.config import EncoderConfig, OptimConfig, PretrainConfig
 from napari_vesuvius_pt.data.synthetic import make_scroll_segment, write_segment
 from napari_vesuvius_pt.engine.device import describe_device, resolve_device
 from napari_vesuvius_pt.engine.events import Failed, StepDone
-from napari_vesuvius_pt.engine.pretrain import pretrain
+from napari_vesuvius_pt.engine.pretraining import pretrain
 
 GOAL = 0.10  # data wait share with the default loader settings
 

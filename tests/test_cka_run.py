@@ -17,7 +17,7 @@ from PIL import Image
 from napari_vesuvius_pt.analysis import linear_cka, rbf_cka
 from napari_vesuvius_pt.cli import main
 from napari_vesuvius_pt.config import CKAConfig, DataConfig, EncoderConfig, TileConfig, to_dict
-from napari_vesuvius_pt.engine.cka import _build_encoder, cka, expand_sources
+from napari_vesuvius_pt.engine.cka_run import _build_encoder, cka, expand_sources
 from napari_vesuvius_pt.engine.events import Finished, MatrixUpdated, Started, TilesDone
 from napari_vesuvius_pt.errors import ConfigError
 from napari_vesuvius_pt.models.checkpoint import save_checkpoint

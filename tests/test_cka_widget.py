@@ -12,7 +12,7 @@ import pytest
 from PIL import Image
 
 from napari_vesuvius_pt.config import EncoderConfig, PretrainConfig, TileConfig, VICRegConfig
-from napari_vesuvius_pt.engine.pretrain import pretrain
+from napari_vesuvius_pt.engine.pretraining import pretrain
 from napari_vesuvius_pt.ui.cka_widget import CKAWidget
 
 JOB_TIMEOUT_MS = 120_000

@@ -31,7 +31,7 @@ def rank_main(rank: int, port: int, segment: str, out: str, report: str) -> None
     from napari_vesuvius_pt.config import EncoderConfig, PretrainConfig, TileConfig, VICRegConfig
     from napari_vesuvius_pt.engine.events import EpochDone, StepDone
 
-    module = importlib.import_module("napari_vesuvius_pt.engine.pretrain")
+    module = importlib.import_module("napari_vesuvius_pt.engine.pretraining")
     wrapped = {}
     real_wrap = module.wrap_ddp
 

@@ -12,7 +12,7 @@ from scipy.stats import rankdata
 from napari_vesuvius_pt.config import DataConfig, to_dict
 from napari_vesuvius_pt.data.segment import open_segment
 from napari_vesuvius_pt.data.tiles import save_regions
-from napari_vesuvius_pt.engine.evaluate import evaluate, metrics_as_json
+from napari_vesuvius_pt.engine.evaluation import evaluate, metrics_as_json
 from napari_vesuvius_pt.engine.prediction_store import PredictionStore, SegmentInfo, encode
 from napari_vesuvius_pt.errors import RunError, SegmentError
 

@@ -32,7 +32,7 @@ from napari_vesuvius_pt.engine.events import EpochDone, Failed, Finished, Previe
 from napari_vesuvius_pt.errors import ConfigError, SegmentError
 from napari_vesuvius_pt.models.checkpoint import ink_model_from_checkpoint, load_checkpoint
 
-finetune_module = importlib.import_module("napari_vesuvius_pt.engine.finetune")
+finetune_module = importlib.import_module("napari_vesuvius_pt.engine.finetuning")
 
 
 NO_AUGMENT = AugmentConfig(max_z_shift=0, flip=False, rotate90=False, shift_scale_rotate=0.0, grid_distortion=0.0,
@@ -222,7 +222,7 @@ def test_user_errors_are_clear(tmp_path, fragment_dir, fragment2_dir, scroll_dir
 
 
 def test_only_ink_tiles_and_skip_empty_eval_choose_tiles_with_ink(fragment_dir, fragment2_dir):
-    from napari_vesuvius_pt.engine.finetune import prepare_data
+    from napari_vesuvius_pt.engine.finetuning import prepare_data
 
     base = tiny_config([fragment_dir], "unused", val_fragment=str(fragment2_dir))
     train_all, val_all, _ = prepare_data(base, None)

@@ -1,5 +1,5 @@
 """The Predict & compare dock widget: two checkpoints over the synthetic fragment give two prediction
-layers, the ink labels, and a metrics table that agrees with engine.evaluate."""
+layers, the ink labels, and a metrics table that agrees with engine.evaluation."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from napari_vesuvius_pt.config import DataConfig, EncoderConfig, TileConfig, to_dict
-from napari_vesuvius_pt.engine.evaluate import evaluate
+from napari_vesuvius_pt.engine.evaluation import evaluate
 from napari_vesuvius_pt.engine.events import TilesDone
 from napari_vesuvius_pt.engine.prediction_store import open_prediction
 from napari_vesuvius_pt.models.checkpoint import save_checkpoint

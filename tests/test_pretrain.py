@@ -26,7 +26,7 @@ from napari_vesuvius_pt.engine.events import EpochDone, Failed, Finished, Starte
 from napari_vesuvius_pt.errors import ConfigError, RunError
 from napari_vesuvius_pt.models.checkpoint import encoder_from_source, load_checkpoint
 
-pretrain_module = importlib.import_module("napari_vesuvius_pt.engine.pretrain")
+pretrain_module = importlib.import_module("napari_vesuvius_pt.engine.pretraining")
 
 
 def tiny_config(segments, out, **kw) -> PretrainConfig:

@@ -27,13 +27,7 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
     for name in COMMANDS:
         if only is not None and name != only:
             continue
-        try:
-            module = importlib.import_module(f"napari_vesuvius_pt.cli.{name}")
-        except ModuleNotFoundError as exc:  # a command still being built; never hide other import errors
-            if exc.name != f"napari_vesuvius_pt.cli.{name}":
-                raise
-            continue
-        module.register(sub)
+        importlib.import_module(f"napari_vesuvius_pt.cli.{name}").register(sub)
     return parser
 
 

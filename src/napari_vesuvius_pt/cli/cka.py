@@ -13,7 +13,7 @@ from collections.abc import Iterator
 
 from napari_vesuvius_pt.cli._progress import drive
 from napari_vesuvius_pt.config import CKAConfig, load_config, merge
-from napari_vesuvius_pt.engine.cka import LAYERS, cka
+from napari_vesuvius_pt.engine.cka_run import LAYERS, cka
 from napari_vesuvius_pt.engine.events import Event, TilesDone
 from napari_vesuvius_pt.errors import ConfigError
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from napari_vesuvius_pt.engine.evaluate import evaluate, metrics_as_json
+from napari_vesuvius_pt.engine.evaluation import evaluate, metrics_as_json
 
 
 def register(subparsers) -> None:

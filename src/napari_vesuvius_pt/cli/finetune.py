@@ -74,7 +74,7 @@ def config_from_args(args: argparse.Namespace):
 
 def run(args: argparse.Namespace) -> int:
     from napari_vesuvius_pt.cli._progress import drive
-    from napari_vesuvius_pt.engine.finetune import finetune
+    from napari_vesuvius_pt.engine.finetuning import finetune
 
     cfg = config_from_args(args)
     quiet = args.quiet or rank() != 0

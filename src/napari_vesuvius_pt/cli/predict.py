@@ -10,7 +10,7 @@ import json
 
 from napari_vesuvius_pt.cli._progress import drive
 from napari_vesuvius_pt.config import PredictConfig, load_config, merge
-from napari_vesuvius_pt.engine.predict import predict
+from napari_vesuvius_pt.engine.prediction import predict
 from napari_vesuvius_pt.engine.prediction_store import ENCODINGS, open_prediction
 from napari_vesuvius_pt.engine.tiling import WEIGHTINGS
 from napari_vesuvius_pt.errors import ConfigError

@@ -174,7 +174,7 @@ def config_from_args(args: argparse.Namespace):
 
 def run(args: argparse.Namespace) -> int:
     from napari_vesuvius_pt.cli._progress import drive
-    from napari_vesuvius_pt.engine.pretrain import pretrain
+    from napari_vesuvius_pt.engine.pretraining import pretrain
 
     cfg = config_from_args(args)
     quiet = args.quiet or rank() != 0

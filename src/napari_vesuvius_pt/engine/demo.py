@@ -110,11 +110,11 @@ def demo(cfg: DemoConfig) -> Iterator[Event]:
     """Run every stage, forwarding each run's events after a ``Stage`` event. Stages whose results are
     already in ``cfg.out`` resume or are skipped, so a stopped demo continues where it was."""
     from napari_vesuvius_pt.data.tiles import save_regions
-    from napari_vesuvius_pt.engine.cka import cka
-    from napari_vesuvius_pt.engine.evaluate import evaluate, metrics_as_json
-    from napari_vesuvius_pt.engine.finetune import finetune
-    from napari_vesuvius_pt.engine.predict import predict
-    from napari_vesuvius_pt.engine.pretrain import pretrain
+    from napari_vesuvius_pt.engine.cka_run import cka
+    from napari_vesuvius_pt.engine.evaluation import evaluate, metrics_as_json
+    from napari_vesuvius_pt.engine.finetuning import finetune
+    from napari_vesuvius_pt.engine.prediction import predict
+    from napari_vesuvius_pt.engine.pretraining import pretrain
     from napari_vesuvius_pt.engine.report import write_report
 
     if cfg.scale not in SCALES:

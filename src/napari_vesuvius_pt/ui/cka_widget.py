@@ -27,7 +27,7 @@ from napari_vesuvius_pt.ui.notify import notify_error, notify_info
 from napari_vesuvius_pt.ui.plots import HeatmapPair
 from napari_vesuvius_pt.ui.segment_registry import PRETRAIN
 
-LAYERS = ("pooled", "layer1", "layer2", "layer3", "layer4")  # engine.cka.LAYERS (kept here: no torch at import)
+LAYERS = ("pooled", "layer1", "layer2", "layer3", "layer4")  # engine.cka_run.LAYERS (kept here: no torch at import)
 MIN_TILES = 4
 DEFAULT_OUT = Path.home() / "vesuvius-runs" / "cka"
 POLL_MS = 10_000
@@ -149,7 +149,7 @@ class CKAWidget(JobWidget):
 
     def make_events(self, config: CKAConfig) -> Callable[[], Iterator[Event]]:
         def run() -> Iterator[Event]:
-            from napari_vesuvius_pt.engine.cka import cka
+            from napari_vesuvius_pt.engine.cka_run import cka
 
             return cka(config)
 

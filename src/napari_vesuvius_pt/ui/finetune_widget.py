@@ -258,7 +258,7 @@ class FinetuneWidget(JobWidget):
 
     def make_events(self, config: FinetuneConfig) -> Callable[[], Iterator[Event]]:
         def run() -> Iterator[Event]:
-            from napari_vesuvius_pt.engine.finetune import finetune
+            from napari_vesuvius_pt.engine.finetuning import finetune
 
             return finetune(config)
 

@@ -52,7 +52,7 @@ class LabelsReady(Event):
 
 @dataclass(frozen=True)
 class MetricsReady(Event):
-    """``engine.evaluate`` results per encoder (BinaryMetrics), after a complete prediction."""
+    """``engine.evaluation`` results per encoder (BinaryMetrics), after a complete prediction."""
 
     metrics: dict[str, Any]
     note: str = ""
@@ -69,8 +69,8 @@ def _labels_event(segment_path: str) -> LabelsReady | None:
 
 def predict_and_evaluate(config: PredictConfig, skip_empty: bool) -> Iterator[Event]:
     """The job the widget runs: labels first (so they show at once), the prediction, then its scores."""
-    from napari_vesuvius_pt.engine.evaluate import evaluate
-    from napari_vesuvius_pt.engine.predict import predict
+    from napari_vesuvius_pt.engine.evaluation import evaluate
+    from napari_vesuvius_pt.engine.prediction import predict
 
     labels = _labels_event(config.segment)
     if labels is not None:
@@ -137,7 +137,7 @@ class PredictWidget(JobWidget):
         self.table.horizontalHeader().setSectionResizeMode(QHeaderView.ResizeMode.Stretch)
         self.table.setSizeAdjustPolicy(QAbstractScrollArea.SizeAdjustPolicy.AdjustToContents)
         self.table.setSizePolicy(QSizePolicy.Policy.Expanding, QSizePolicy.Policy.Maximum)
-        self.table.setToolTip("Scores of each encoder's prediction against the ink labels (engine.evaluate)")
+        self.table.setToolTip("Scores of each encoder's prediction against the ink labels (engine.evaluation.evaluate)")
         self.results.addWidget(self.side_by_side)
         self.results.addWidget(self.table)
 

@@ -132,7 +132,7 @@ class PretrainWidget(JobWidget):
 
     def make_events(self, config: PretrainConfig) -> Callable[[], Iterator[Event]]:
         def run() -> Iterator[Event]:
-            from napari_vesuvius_pt.engine.pretrain import pretrain
+            from napari_vesuvius_pt.engine.pretraining import pretrain
 
             return pretrain(config)
 
