@@ -1,5 +1,6 @@
-"""Shared fixtures: small synthetic segments on disk (session-scoped, made once) and the real Kaggle
-masks and ink labels (skipped where the shared folder is missing)."""
+"""Shared fixtures: small synthetic segments on disk (session-scoped, made once), the real Kaggle
+masks and ink labels (skipped where the shared folder is missing), and the napari notifications a test
+caused."""
 
 from __future__ import annotations
 
@@ -39,6 +40,17 @@ def kaggle_labels_dir() -> Path:
     if not (KAGGLE_LABELS / "2" / "mask.png").is_file():
         pytest.skip(f"real Kaggle labels not found at {KAGGLE_LABELS}")
     return KAGGLE_LABELS
+
+
+@pytest.fixture
+def notifications():
+    """The napari notifications shown during the test, in order (``str(n.message)`` is the text)."""
+    from napari.utils.notifications import notification_manager
+
+    seen = []
+    notification_manager.notification_ready.connect(seen.append)
+    yield seen
+    notification_manager.notification_ready.disconnect(seen.append)
 
 
 @pytest.fixture(autouse=True)

@@ -12,8 +12,6 @@ from napari_vesuvius_pt.config import AugmentConfig
 from napari_vesuvius_pt.data.augment import augment_batch, read_shifted_views
 from napari_vesuvius_pt.errors import ConfigError
 
-
-
 NOTHING = AugmentConfig(flip=False, rotate90=False, shift_scale_rotate=0, grid_distortion=0, brightness_contrast=0,
                         gamma=0, noise=0, blur=0, holes=0, big_holes=0)
 
@@ -39,21 +37,49 @@ def painted_batch(b: int = 6, depth: int = 8, size: int = 48, seed: int = 0):
     return x, labels
 
 
-def test_default_recipe_keeps_shapes_dtypes_and_is_reproducible():
-    x = torch.rand(3, 1, 11, 48, 48)
-    labels = (torch.rand(3, 1, 48, 48) > 0.7).to(torch.uint8)
-    x0 = x.clone()
+def test_default_recipe_is_reproducible_and_keeps_the_ink_under_its_labels():
+    """The recipe training uses: one seed gives one batch (another seed another), the caller's tensors
+    are left alone, and after every op the bright ink still lies under its (moved) labels; cut-out
+    holes, which blank the tile through all layers and spare the labels, are left out of the check."""
+    x, labels = painted_batch(b=8, seed=1)
+    labels = labels.to(torch.uint8)
+    x0, labels0 = x.clone(), labels.clone()
     a, la = augment_batch(x, labels, AugmentConfig(), gen(1))
     b, lb = augment_batch(x, labels, AugmentConfig(), gen(1))
-    c, _ = augment_batch(x, labels, AugmentConfig(), gen(2))
-    assert a.shape == x.shape and a.dtype == x.dtype and la.shape == labels.shape and la.dtype == torch.uint8
-    assert set(la.unique().tolist()) <= {0, 1}
-    assert torch.equal(a, b) and torch.equal(la, lb) and not torch.equal(a, c)
-    assert torch.equal(x, x0)  # the input is not modified in place
+    c, lc = augment_batch(x, labels, AugmentConfig(), gen(2))
+    assert torch.equal(a, b) and torch.equal(la, lb)
+    assert not torch.equal(a, c) and not torch.equal(la, lc)
+    assert torch.equal(x, x0) and torch.equal(labels, labels0)  # not modified in place
+    assert la.dtype == torch.uint8 and set(la.unique().tolist()) <= {0, 1}
     assert torch.isfinite(a).all()
-    # non-square tiles and no labels
+    moved = 0
+    for i in range(x.shape[0]):
+        hole = (a[i, 0] == 0).all(0)  # holes are exact zeros through every layer
+        image = a[i, 0].mean(0)  # noise averages out over the layers
+        lo, hi = torch.quantile(image[~hole], 0.05), torch.quantile(image[~hole], 0.95)
+        ink = (image > (lo + hi) / 2) & ~hole
+        lab = (la[i, 0] > 0) & ~hole
+        iou = (ink & lab).sum() / (ink | lab).sum()
+        assert iou > 0.8, f"sample {i}: labels and augmented ink overlap by IoU {iou:.2f}"
+        moved += not torch.equal(la[i], labels[i])
+    assert moved >= x.shape[0] // 2  # the geometry did move the labels, with the ink
+    # non-square tiles, and no labels
     y, none = augment_batch(torch.rand(2, 1, 8, 32, 48), None, AugmentConfig(), gen(0))
     assert y.shape == (2, 1, 8, 32, 48) and none is None
+
+
+def test_intensity_ops_change_values_but_keep_them_in_range_and_the_labels_as_they_are():
+    x, labels = painted_batch(b=8, seed=2)  # background 0.2, ink 0.8
+    cfg = only(brightness_contrast=1.0, gamma=1.0, noise=1.0, blur=1.0)
+    y, ly = augment_batch(x, labels, cfg, gen(8))
+    assert torch.equal(ly, labels)  # intensity never moves the labels
+    for i in range(x.shape[0]):
+        assert not torch.allclose(y[i], x[i], atol=1e-3), f"sample {i} was not changed"
+        ink = labels[i, 0] > 0
+        image = y[i, 0].mean(0)
+        assert image[ink].mean() > image[~ink].mean() + 0.3  # the ink stays clearly brighter
+    # contrast and brightness of +-0.2 on 0.2..0.8, gamma and blur within the range, noise of std <= 0.05
+    assert torch.isfinite(y).all() and y.min() > -0.35 and y.max() < 1.45
 
 
 def test_nothing_enabled_is_the_identity():

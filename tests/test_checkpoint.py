@@ -18,6 +18,7 @@ from napari_vesuvius_pt.models.checkpoint import (
 )
 from napari_vesuvius_pt.models.encoder import build_encoder
 from napari_vesuvius_pt.models.head import InkModel
+from napari_vesuvius_pt.models.sources import epoch_checkpoints, latest_checkpoint, parse_source
 
 TINY = EncoderConfig(name="resnet10", widen_factor=0.25)
 
@@ -87,6 +88,36 @@ def test_run_folder_prefers_last_then_the_newest_epoch(tmp_path):
     assert info["report"]["source_format"] == "napari-vesuvius-pt" and not info["report"]["missing"]
     with pytest.raises(WeightsError, match="holds no checkpoint"):
         encoder_from_source(str(tmp_path))
+
+
+def test_one_parser_and_one_finder_for_every_source(tmp_path):
+    run = tmp_path / "run"
+    for name in ("epoch_010.pt", "epoch_002.pt", "epoch_x.pt", "notes.txt"):
+        (run / "checkpoints").mkdir(parents=True, exist_ok=True)
+        (run / "checkpoints" / name).write_bytes(b"")
+    assert [p.name for p in epoch_checkpoints(run)] == ["epoch_002.pt", "epoch_010.pt"]  # by epoch, not by name
+    assert latest_checkpoint(run).name == "epoch_010.pt" and latest_checkpoint(tmp_path) is None
+    (run / "last.pt").write_bytes(b"")
+    assert latest_checkpoint(run).name == "last.pt"
+    from napari_vesuvius_pt.engine.run_folder import RunFolder
+
+    assert RunFolder(run).latest_checkpoint() == latest_checkpoint(run)  # the engine's run folder asks the same
+    assert RunFolder(run).epoch_checkpoints() == epoch_checkpoints(run)
+
+    cases = {
+        " random ": ("random", "", None),
+        "random:resnet50": ("random", "resnet50", None),
+        f"K700:{tmp_path}/r3d.pth": ("kinetics", "", tmp_path / "r3d.pth"),
+        str(run): ("run", "", run),
+        str(run / "last.pt"): ("file", "", run / "last.pt"),
+        str(tmp_path / "nowhere"): ("missing", "", tmp_path / "nowhere"),
+    }
+    for text, (kind, arch, path) in cases.items():
+        src = parse_source(text)
+        assert (src.kind, src.arch, src.path) == (kind, arch, path), text
+    assert parse_source("kinetics:x.pth").label == "kinetics" and parse_source("k400:x.pth").label == "k400"
+    with pytest.raises(ConfigError, match="no encoder source"):
+        parse_source("  ")
 
 
 def test_kinetics_source_infers_or_checks_the_architecture(tmp_path):

@@ -17,7 +17,8 @@ from PIL import Image
 from napari_vesuvius_pt.analysis import linear_cka, rbf_cka
 from napari_vesuvius_pt.cli import main
 from napari_vesuvius_pt.config import CKAConfig, DataConfig, EncoderConfig, TileConfig, to_dict
-from napari_vesuvius_pt.engine.cka_run import _build_encoder, cka, expand_sources
+from napari_vesuvius_pt.engine.cka_run import _build_encoder, cka
+from napari_vesuvius_pt.engine.cka_sources import expand_sources
 from napari_vesuvius_pt.engine.events import Finished, MatrixUpdated, Started, TilesDone
 from napari_vesuvius_pt.errors import ConfigError
 from napari_vesuvius_pt.models.checkpoint import save_checkpoint
@@ -182,3 +183,15 @@ def test_random_source_is_the_same_encoder_every_time_and_bad_settings_are_refus
         list(cka(CKAConfig(sources=[str(run_dir)], segment=str(fragment_dir), out=str(tmp_path), tiles=3)))
     with pytest.raises(ConfigError, match="no checkpoints"):
         list(cka(CKAConfig(sources=[str(tmp_path)], segment=str(fragment_dir), out=str(tmp_path / "y"))))
+
+
+def test_colliding_names_get_their_run_folder_then_a_number(run_dir, tmp_path):
+    other = tmp_path / "elsewhere" / "other"
+    shutil.copytree(run_dir, other)
+    twin = tmp_path / "twin" / "run"  # a second run folder of the same name
+    shutil.copytree(run_dir, twin)
+    sources = expand_sources([str(run_dir / "checkpoints" / "epoch_001.pt"), str(other), str(twin),
+                              "random", str(run_dir / "checkpoints" / "epoch_001.pt"), "random"])
+    assert [s.name for s in sources] == ["run/epoch_001", "other/epoch_001", "other/epoch_002", "run/epoch_001-2",
+                                         "run/epoch_002", "random"]
+    assert len({s.identity for s in sources}) == len(sources)  # exact duplicates were dropped

@@ -81,6 +81,8 @@ def test_cka_panel_shows_the_epoch_matrix_follows_the_run_and_exports(make_napar
     _, rbf = read_csv(tmp_path / "cka_rbf.csv")
     np.testing.assert_allclose(rbf, heat.rbf, atol=1e-6)
     assert len(written) == 3
+    # one CSV writer: the export is the engine's own linear.csv of the same matrix, byte for byte
+    assert (tmp_path / "cka_linear.csv").read_text() == (pretrain_run / "cka" / "linear.csv").read_text()
 
 
 def test_a_run_folder_without_checkpoints_is_a_notification(make_napari_viewer, qtbot, scroll_dir, tmp_path):

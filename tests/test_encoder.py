@@ -62,10 +62,45 @@ def _conv_out(n: int, stride: int) -> int:
 
 
 def test_large_plane():
+    """On a plane much larger than the receptive field, layer1 is a map of the input at 1/4: a change in
+    one place moves the features around that place only, and shifting the input by 32 pixels shifts the
+    map by 8, away from the borders."""
     enc = build_encoder("resnet10", widen_factor=TINY).eval()
+    g = torch.Generator().manual_seed(0)
+    wide = torch.randn(1, 1, 8, 256, 288, generator=g)
+    x = wide[..., :256].contiguous()
     with torch.no_grad():
-        emb, feats = enc(torch.randn(1, 1, 8, 256, 256), return_features=True)
-    assert emb.shape == (1, enc.embedding_dim) and feats["layer1"].shape[-2:] == (64, 64)
+        emb, feats = enc(x, return_features=True)
+        changed = x.clone()
+        changed[..., 126:130, 62:66] += 5.0  # a small change around (y, x) = (128, 64)
+        emb2, feats2 = enc(changed, return_features=True)
+        _, shifted = enc(wide[..., 32:].contiguous(), return_features=True)
+    a, b = feats["layer1"], feats2["layer1"]
+    assert a.shape[-2:] == (64, 64)
+    assert not torch.allclose(emb, emb2)  # the embedding sees the change
+    touched = (a - b).abs().amax(dim=(0, 1, 2)) > 1e-6  # (64, 64) layer1 pixels the change reached
+    ys, xs = torch.nonzero(touched, as_tuple=True)
+    assert touched[32, 16]  # the change's own place, at 1/4
+    assert ys.min() >= 32 - 4 and ys.max() <= 32 + 4 and xs.min() >= 16 - 4 and xs.max() <= 16 + 4
+    # layer1's receptive field is 27 pixels: columns 8 or more from either border do not see the padding
+    torch.testing.assert_close(shifted["layer1"][..., 8:48], a[..., 16:56], atol=1e-5, rtol=1e-5)
+
+
+def test_depth_is_kept_where_a_change_happens():
+    """The stem keeps depth (stride 1 in z), so layer1 still resolves depth at 1/2: a change in the top
+    layers of a 32-layer tile reaches the top of layer1's map and not its bottom, and the embedding."""
+    enc = build_encoder("resnet10", widen_factor=TINY).eval()
+    x = torch.randn(1, 1, 32, 32, 32, generator=torch.Generator().manual_seed(1))
+    changed = x.clone()
+    changed[:, :, :2] += 5.0  # layers 0 and 1 only
+    with torch.no_grad():
+        emb, feats = enc(x, return_features=True)
+        emb2, feats2 = enc(changed, return_features=True)
+    per_depth = (feats["layer1"] - feats2["layer1"]).abs().amax(dim=(0, 1, 3, 4))  # (16,) layer1 depths
+    assert per_depth.shape == (16,)
+    assert per_depth[0] > 0.1
+    assert torch.all(per_depth[6:] == 0)  # input layers 12 and deeper: untouched
+    assert not torch.allclose(emb, emb2)
 
 
 def test_training_step_reaches_the_stem():

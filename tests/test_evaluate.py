@@ -3,16 +3,19 @@ computation, the labels are pooled to the prediction's grid, and mismatched inpu
 
 from __future__ import annotations
 
+import dataclasses
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
 from scipy.stats import rankdata
 
-from napari_vesuvius_pt.config import DataConfig, to_dict
+from napari_vesuvius_pt.config import DataConfig, PredictConfig, to_dict
 from napari_vesuvius_pt.data.segment import open_segment
 from napari_vesuvius_pt.data.tiles import save_regions
-from napari_vesuvius_pt.engine.evaluation import evaluate, metrics_as_json
+from napari_vesuvius_pt.engine.evaluation import evaluate, metrics_as_json, predict_and_evaluate
+from napari_vesuvius_pt.engine.events import Finished, LabelsReady, MetricsReady, Started, TilesDone
 from napari_vesuvius_pt.engine.prediction_store import PredictionStore, SegmentInfo, encode
 from napari_vesuvius_pt.errors import RunError, SegmentError
 
@@ -61,7 +64,7 @@ def fragment(fragment_dir):
 
 def noisy_prediction(fragment, grid: int, seed: int = 0) -> np.ndarray:
     """Ink labels pooled to the grid, blurred into probabilities with noise: a plausible prediction."""
-    from napari_vesuvius_pt.engine.tiling import block_fraction
+    from napari_vesuvius_pt.data.blocks import block_fraction
 
     rng = np.random.default_rng(seed)
     frac = block_fraction(fragment.inklabels, grid)
@@ -139,3 +142,48 @@ def test_mismatched_or_unfinished_predictions_are_refused(fragment, fragment2_di
 
     with pytest.raises(SegmentError, match="not found"):
         evaluate(tmp_path / "missing.zarr", fragment)
+
+
+class FakePredict:
+    """Stands in for engine.prediction.predict: writes ``values`` as the array "enc" and yields like it."""
+
+    def __init__(self, fragment, values):
+        self.fragment, self.values, self.closed = fragment, values, False
+
+    def __call__(self, config):
+        try:
+            yield Started(run_dir=Path(config.out), device="cpu", total_steps=1)
+            write_prediction(config.out, self.fragment, self.values, grid=4)
+            yield TilesDone("enc", 1, 1)
+            yield Finished(run_dir=Path(config.out), summary={"arrays": {"enc": "enc"}})
+        except GeneratorExit:
+            self.closed = True
+            raise
+
+
+def test_predict_and_evaluate_shows_the_labels_first_then_scores_what_it_predicted(
+        fragment, fragment_dir, scroll_dir, tmp_path, monkeypatch):
+    import napari_vesuvius_pt.engine.prediction as prediction
+
+    fake = FakePredict(fragment, noisy_prediction(fragment, 4))
+    monkeypatch.setattr(prediction, "predict", fake)
+    config = PredictConfig(checkpoints=["enc.pt"], segment=str(fragment_dir), out=str(tmp_path / "p.zarr"))
+    events = list(predict_and_evaluate(config))
+    assert [type(e) for e in events] == [LabelsReady, Started, TilesDone, Finished, MetricsReady]
+    assert events[0].name == fragment.name and np.array_equal(events[0].labels, fragment.inklabels)
+    assert events[-1].metrics == evaluate(config.out, fragment_dir)  # the scores vesuvius-pt evaluate gives
+    assert list(events[-1].metrics) == ["enc"] and events[-1].note == ""
+
+    # stopped before it finished: the prediction is closed, and nothing is scored
+    config = dataclasses.replace(config, out=str(tmp_path / "stopped.zarr"))
+    run = predict_and_evaluate(config)
+    assert isinstance(next(run), LabelsReady) and isinstance(next(run), Started)
+    run.close()
+    assert fake.closed
+
+    # a segment without ink labels: the prediction, then a note instead of scores
+    config = dataclasses.replace(config, segment=str(scroll_dir), out=str(tmp_path / "scroll.zarr"))
+    monkeypatch.setattr(prediction, "predict", lambda cfg: iter([Finished(run_dir=None, summary={})]))
+    events = list(predict_and_evaluate(config))
+    assert [type(e) for e in events] == [Finished, MetricsReady]
+    assert events[-1].metrics == {} and "no ink labels" in events[-1].note

@@ -7,7 +7,6 @@ import json
 
 import numpy as np
 import pytest
-from napari.utils.notifications import notification_manager
 
 from napari_vesuvius_pt.config import FinetuneConfig, load_config
 from napari_vesuvius_pt.data.segment import open_segment
@@ -17,14 +16,6 @@ from napari_vesuvius_pt.ui.finetune_widget import PREVIEW_LAYER, REGIONS_LAYER, 
 from napari_vesuvius_pt.ui.segment_registry import TRAIN, LoadedSegment, registry_for
 
 JOB_TIMEOUT_MS = 120_000
-
-
-@pytest.fixture
-def notifications():
-    seen = []
-    notification_manager.notification_ready.connect(seen.append)
-    yield seen
-    notification_manager.notification_ready.disconnect(seen.append)
 
 
 def tiny(widget: FinetuneWidget, fragment, run, epochs: int, steps: int) -> None:

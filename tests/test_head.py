@@ -16,13 +16,46 @@ def tiny_model(stride: int = 4, seed: int = 0) -> InkModel:
     return InkModel(build_encoder("resnet10", widen_factor=0.25), output_stride=stride)
 
 
+def _blob_tiles(corners: list[tuple[int, int]], depth: int, size: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Noise tiles with a bright square (ink) in layers 3-4 at each corner, and its full-size label."""
+    g = torch.Generator().manual_seed(seed)
+    x = 0.1 * torch.randn(len(corners), 1, depth, size, size, generator=g)
+    labels = torch.zeros(len(corners), 1, size, size)
+    side = 10 * size // 32
+    for i, (y, xx) in enumerate(corners):
+        labels[i, 0, y:y + side, xx:xx + side] = 1
+        x[i, 0, 3:5, y:y + side, xx:xx + side] += 1.0
+    return x, labels
+
+
 @pytest.mark.parametrize("stride, depth, size", [(1, 8, 32), (2, 11, 32), (4, 16, 64), (8, 8, 64)])
 def test_output_is_the_reduced_ink_map(stride, depth, size):
-    model = tiny_model(stride).eval()
+    """Output pixel (i, j) at stride s is the ink of input pixels [s i, s (i + 1)) x [s j, s (j + 1)): after
+    a short fit on ink at some places, ink at places never seen lights up its own output pixels (a head
+    that flipped, transposed or shifted the map by a tile fraction would light up elsewhere)."""
+    k = size // 32
+    train = [(k * y, k * x) for y, x in [(2, 2), (2, 20), (20, 2), (20, 20), (11, 11), (6, 15), (15, 6), (4, 12)]]
+    unseen = [(k * y, k * x) for y, x in [(3, 17), (18, 4)]]  # mirrored or transposed: off the ink
+    model = tiny_model(stride)
+    x, labels = _blob_tiles(train, depth, size, seed=0)
+    target = F.avg_pool2d(labels, stride)  # ink fraction per output pixel
+    opt = torch.optim.Adam(model.parameters(), lr=3e-3)
+    for _ in range(30):
+        loss = F.binary_cross_entropy_with_logits(model(x), target)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    model.eval()
+    x, labels = _blob_tiles(unseen, depth, size, seed=1)
     with torch.no_grad():
-        out = model(torch.randn(2, 1, depth, size, size))
-    assert out.shape == (2, 1, size // stride, size // stride)
-    assert out.dtype == torch.float32 and torch.isfinite(out).all()
+        logits = model(x)
+    assert logits.shape == (2, 1, size // stride, size // stride)
+    assert logits.dtype == torch.float32 and torch.isfinite(logits).all()
+    ink = F.avg_pool2d(labels, stride)[:, 0]
+    for i, (y, xx) in enumerate(unseen):
+        peak = divmod(int(logits[i, 0].argmax()), size // stride)
+        assert ink[i][peak] > 0, f"the strongest ink prediction {peak} is off the ink at {(y // stride, xx // stride)}"
+        assert logits[i, 0][ink[i] > 0].mean() > logits[i, 0][ink[i] == 0].mean() + 1.0
 
 
 def test_bad_strides_sizes_and_inputs():

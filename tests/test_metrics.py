@@ -8,7 +8,8 @@ from itertools import product
 import numpy as np
 import pytest
 
-from napari_vesuvius_pt.analysis import AnalysisInputError, fbeta, fbeta_sweep, roc_auc
+from napari_vesuvius_pt.analysis import fbeta, fbeta_sweep, roc_auc
+from napari_vesuvius_pt.errors import AnalysisInputError
 
 # 8 pixels; hand computation in the test below
 PROBS = np.array([0.05, 0.2, 0.35, 0.5, 0.55, 0.7, 0.9, 0.95])

@@ -13,12 +13,12 @@ import torch
 import torch.nn.functional as F
 
 from napari_vesuvius_pt.config import DataConfig, PredictConfig, TileConfig, to_dict
+from napari_vesuvius_pt.data.blocks import block_fraction
 from napari_vesuvius_pt.data.segment import open_segment
 from napari_vesuvius_pt.data.tiles import save_regions
 from napari_vesuvius_pt.engine.events import Finished, Started, TilesDone
 from napari_vesuvius_pt.engine.prediction import InkPredictor, checkpoint_label, predict
 from napari_vesuvius_pt.engine.prediction_store import open_prediction
-from napari_vesuvius_pt.engine.tiling import block_fraction
 from napari_vesuvius_pt.errors import ConfigError, SegmentError
 
 RAW = DataConfig(normalization="none")  # the models below see raw uint16 values

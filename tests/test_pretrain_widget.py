@@ -6,9 +6,6 @@ import dataclasses
 import shlex
 from pathlib import Path
 
-import pytest
-from napari.utils.notifications import notification_manager
-
 from napari_vesuvius_pt.cli import main as cli_main
 from napari_vesuvius_pt.config import PretrainConfig, load_config
 from napari_vesuvius_pt.engine.events import StepDone
@@ -16,14 +13,6 @@ from napari_vesuvius_pt.models.checkpoint import load_checkpoint
 from napari_vesuvius_pt.ui.pretrain_widget import PretrainWidget
 
 JOB_TIMEOUT_MS = 120_000
-
-
-@pytest.fixture
-def notifications():
-    seen = []
-    notification_manager.notification_ready.connect(seen.append)
-    yield seen
-    notification_manager.notification_ready.disconnect(seen.append)
 
 
 def tiny(widget: PretrainWidget, segment: Path, run: Path, epochs: int, steps: int) -> None:

@@ -9,24 +9,18 @@ import numpy as np
 import pytest
 import tifffile
 import zarr
-from napari.utils.notifications import notification_manager
+from napari.utils.colormaps.standardize_color import transform_color
 from PIL import Image
 
 from napari_vesuvius_pt._reader import get_reader
 from napari_vesuvius_pt.data.convert import convert_segment
-from napari_vesuvius_pt.data.segment import LazyVolume, open_segment
+from napari_vesuvius_pt.data.display import MASK_COLOR
+from napari_vesuvius_pt.data.lazy_volume import LazyVolume
+from napari_vesuvius_pt.data.segment import open_segment
 from napari_vesuvius_pt.data.synthetic import make_fragment
 from napari_vesuvius_pt.engine.prediction_store import PredictionStore, SegmentInfo, encode
 
 PLUGIN = "napari-vesuvius-pt"
-
-
-@pytest.fixture
-def notifications():
-    seen = []
-    notification_manager.notification_ready.connect(seen.append)
-    yield seen
-    notification_manager.notification_ready.disconnect(seen.append)
 
 
 @pytest.fixture(scope="module")
@@ -87,7 +81,14 @@ def test_kaggle_folder_opens_as_a_lazy_volume_with_mask_and_ink_labels(make_napa
 def test_scroll_segment_layers_folder_has_a_mask_and_no_ink_labels(viewer, scroll_dir):
     viewer.open(str(scroll_dir), plugin=PLUGIN)
     assert set(by_name(viewer)) == {"segment2", "segment2 mask"}
-    assert viewer.layers["segment2"].data.shape == (20, 160, 160)
+    volume, mask = viewer.layers["segment2"], viewer.layers["segment2 mask"]
+    np.testing.assert_array_equal(np.asarray(volume.data[5]), tifffile.imread(scroll_dir / "layers" / "05.tif"))
+    np.testing.assert_array_equal(mask.data > 0, np.asarray(Image.open(scroll_dir / "segment2_mask.png")) > 0)
+    # the mask is drawn in the plugin's mask colour over a transparent background, in place over the volume
+    np.testing.assert_allclose(mask.colormap.map(np.array([0, 1])),
+                               [[0, 0, 0, 0], [*transform_color(MASK_COLOR)[0][:3], 1]], atol=1e-6)
+    np.testing.assert_allclose(mask.scale, volume.scale[-2:])
+    np.testing.assert_allclose(mask.translate, volume.translate[-2:])
 
 
 def test_multipage_tiff_with_its_mask_beside_it(viewer, small, tmp_path):
@@ -122,7 +123,15 @@ def test_ome_zarr_levels_open_as_a_multiscale_image(viewer, small, tmp_path):
     viewer.open(str(path), plugin=PLUGIN)
     image = viewer.layers["ome"]
     assert image.multiscale and len(image.data) == 2
-    assert image.data[0].shape == (8, 96, 80) and image.data[1].shape == (8, 48, 40)
+    # each level shows the file's voxels: level 0 at full resolution, level 1 the stored half-size copy
+    np.testing.assert_array_equal(np.asarray(image.data[0][5]), small.volume[5])
+    np.testing.assert_array_equal(np.asarray(image.data[1][2, 7:30, 3:20]), small.volume[2, 14:60:2, 6:40:2])
+    np.testing.assert_array_equal(np.asarray(image.data[1][-1]), small.volume[-1, ::2, ::2])
+    # napari places the coarse level over the full one (2x in-plane), in the segment's pixel grid
+    np.testing.assert_allclose(image.downsample_factors, [[1, 1, 1], [1, 2, 2]])
+    np.testing.assert_allclose(image.scale, (1, 1, 1))
+    low, high = image.contrast_limits
+    assert small.volume.min() <= low < high <= small.volume.max()  # a display range of the data, not the dtype's
 
 
 def test_prediction_zarr_opens_one_layer_per_encoder_at_its_recorded_scale(viewer, tmp_path):

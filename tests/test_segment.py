@@ -94,13 +94,19 @@ def test_uint8_layers_ir_and_0_255_masks(tmp_path):
     labels = np.zeros((30, 20), np.uint8)
     labels[8:12, 4:10] = 255
     root = _kaggle_folder(tmp_path / "u8", vol, mask, labels)
-    _png(root / "ir.png", rng.integers(0, 255, (30, 20), dtype=np.uint8))
+    ir = rng.integers(0, 255, (30, 20), dtype=np.uint8)
+    _png(root / "ir.png", ir)
     seg = open_segment(root)
     assert seg.dtype == np.uint8
     np.testing.assert_array_equal(seg.volume[:], vol)
     np.testing.assert_array_equal(seg.mask, mask > 0)
     np.testing.assert_array_equal(seg.inklabels, (labels > 0).astype(np.uint8))
-    assert seg.ir is not None and seg.ir.shape == (30, 20)
+    assert seg.ir.dtype == np.uint8
+    np.testing.assert_array_equal(seg.ir, ir)  # the IR image as stored, not binarized like the mask
+    # downsampled, the IR image is the block mean (rounded half up), the remainder column dropped
+    small = open_segment(root, downsample=3)  # 30 x 20 -> 10 x 6
+    blocks = ir[:, :18].reshape(10, 3, 6, 3).astype(np.float64).mean(axis=(1, 3))
+    np.testing.assert_array_equal(small.ir, np.floor(blocks + 0.5).astype(np.uint8))
 
 
 @pytest.mark.parametrize("kwargs, storage", [({}, "memory-mapped"),

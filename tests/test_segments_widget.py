@@ -10,7 +10,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from napari.utils.notifications import notification_manager
 
 from napari_vesuvius_pt.config import DataConfig
 from napari_vesuvius_pt.errors import ConfigError
@@ -34,14 +33,6 @@ def own_settings_file(tmp_path, monkeypatch) -> Path:
     path = tmp_path / "widgets.json"
     monkeypatch.setenv(settings.ENV_VAR, str(path))
     return path
-
-
-@pytest.fixture
-def notifications():
-    seen = []
-    notification_manager.notification_ready.connect(seen.append)
-    yield seen
-    notification_manager.notification_ready.disconnect(seen.append)
 
 
 def choose(qtbot, widget: SegmentsWidget, path) -> None:

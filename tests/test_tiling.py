@@ -6,9 +6,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from napari_vesuvius_pt.data.blocks import block_fraction
 from napari_vesuvius_pt.engine.tiling import (
     RowBandAccumulator,
-    block_fraction,
     make_layout,
     plan_tiles,
     read_padded,

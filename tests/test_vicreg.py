@@ -10,7 +10,7 @@ import torch
 import torch.multiprocessing as mp
 
 from napari_vesuvius_pt.errors import ConfigError, RunError
-from napari_vesuvius_pt.models.vicreg import Expander, vicreg_loss
+from napari_vesuvius_pt.models.vicreg import Expander, embedding_stats, vicreg_loss
 
 
 def test_hand_computed_two_samples():
@@ -112,6 +112,19 @@ def test_expander_layout_and_widths():
     assert e(torch.randn(5, 64)).shape == (5, 24)
     with pytest.raises(ConfigError):
         Expander(64, (32, 0))
+
+
+def test_collapse_monitor_tells_spread_from_collapsed_embeddings():
+    torch.manual_seed(0)
+    spread = embedding_stats(torch.randn(512, 16))
+    assert spread["embedding_std"] == pytest.approx(1.0, abs=0.1)
+    assert spread["embedding_std_norm"] == pytest.approx(1.0, abs=0.1)
+    assert 14.0 < spread["effective_rank"] <= 16.0
+    collapsed = embedding_stats(torch.randn(1, 16).repeat(512, 1) + 1e-6 * torch.randn(512, 16))
+    assert collapsed["embedding_std"] < 1e-5 and collapsed["embedding_std_norm"] < 1e-4
+    line = embedding_stats(torch.randn(512, 1) * torch.randn(1, 16))  # every embedding on one direction
+    assert line["effective_rank"] == pytest.approx(1.0, abs=0.05)
+    assert all(math.isnan(v) for v in embedding_stats(torch.randn(1, 16)).values())
 
 
 # ---------------------------------------------------------------- DDP: gather with gradients

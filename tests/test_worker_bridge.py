@@ -9,7 +9,6 @@ import time
 from pathlib import Path
 
 import pytest
-from napari.utils.notifications import notification_manager
 
 from napari_vesuvius_pt.engine.events import EpochDone, Failed, Finished, Started, StepDone
 from napari_vesuvius_pt.errors import SegmentError
@@ -20,8 +19,9 @@ class FakeRun:
     """Yields like an engine run; on close writes a 'checkpoint' and records the closing thread."""
 
     def __init__(self, run_dir: Path, steps: int = 3, delay: float = 0.0, fail_with: Exception | None = None,
-                 failed_event: bool = False):
+                 failed_event: bool = False, gate: threading.Event | None = None):
         self.run_dir = run_dir
+        self.gate = gate  # when given, the run waits for it before its first event (a long first step)
         self.steps = steps
         self.delay = delay
         self.fail_with = fail_with
@@ -32,6 +32,8 @@ class FakeRun:
     def __call__(self):
         self.started_in = threading.current_thread()
         self.run_dir.mkdir(parents=True, exist_ok=True)
+        if self.gate is not None:
+            self.gate.wait(10.0)
         try:
             yield Started(run_dir=self.run_dir, device="cpu", total_steps=self.steps)
             for step in range(1, self.steps + 1):
@@ -70,14 +72,6 @@ class Recorder:
 
     def on_state(self, state):
         self.states.append(state)
-
-
-@pytest.fixture
-def notifications():
-    seen = []
-    notification_manager.notification_ready.connect(seen.append)
-    yield seen
-    notification_manager.notification_ready.disconnect(seen.append)
 
 
 def _runner(rec: Recorder) -> JobRunner:
@@ -131,6 +125,28 @@ def test_stop_while_paused_and_napari_quit_still_close_the_engine(qtbot, tmp_pat
     assert rec.outcomes[0].status == "stopped"
     assert fake.closed_in is not None and fake.closed_in is not threading.main_thread()
     assert runner.wait(1.0)
+
+
+def test_pause_pressed_during_a_step_then_stop_still_closes_the_engine(qtbot, tmp_path):
+    """Pause is asked for while the engine is inside its first step (the worker has not paused yet), then
+    Stop: the worker takes the pause after that step, and must still run on to the stop check."""
+    rec = Recorder()
+    gate = threading.Event()
+    fake = FakeRun(tmp_path / "run", steps=200, delay=0.02, gate=gate)
+    runner = _runner(rec)
+    worker = runner.start(fake)
+    qtbot.waitUntil(lambda: fake.started_in is not None, timeout=10_000)  # the engine is in its first step
+    runner.toggle_pause()
+    assert not worker.is_paused  # asked for, not taken
+    runner.stop()
+    gate.set()
+    assert runner.wait(10.0), "the worker held on a pause taken after Stop"
+    qtbot.waitUntil(lambda: bool(rec.outcomes), timeout=10_000)
+    assert rec.outcomes[0].status == "stopped"
+    assert fake.closed_in is not None and fake.closed_in is not threading.main_thread()
+    assert (tmp_path / "run" / "last.pt").read_text() == "stopped weights"
+    assert len([e for e in rec.events if isinstance(e, StepDone)]) == 0  # stopped at the first yield
+    assert runner.state == IDLE
 
 
 def test_user_error_is_a_notification_and_the_runner_can_start_again(qtbot, tmp_path, notifications):

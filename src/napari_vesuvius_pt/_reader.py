@@ -11,7 +11,10 @@ predict engine puts its predictions.
 ``get_reader`` returns None for paths that are not segments (napari then tries other readers). A path
 that is clearly meant as a segment (a folder with ``surface_volume/`` or ``layers/``, a zarr written by
 this plugin, a half-written ``.partial``) but cannot be opened is claimed anyway: reading it shows the
-``SegmentError`` message as a notification and adds nothing.
+``SegmentError`` message as a napari error notification and adds nothing (napari's null-layer result),
+so the viewer goes on; an exception raised by a reader function would instead propagate out of
+``viewer.open``. This module reports through napari itself (imported when reporting) and imports nothing
+from ``ui``.
 """
 
 from __future__ import annotations
@@ -21,16 +24,16 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
+from napari_vesuvius_pt.data.display import INK_COLOR, MASK_COLOR, robust_contrast_limits
+from napari_vesuvius_pt.data.layouts import PARTIAL_SUFFIX, is_zarr
+from napari_vesuvius_pt.data.sources import TIFF_SUFFIXES
 from napari_vesuvius_pt.errors import SegmentError, VesuviusError
 
 LayerData = tuple  # (data, kwargs, layer type)
 ReaderFunction = Callable[[Any], list]
 
+PLUGIN = "napari-vesuvius-pt"
 IMAGE_LAYER_FORMAT = "napari-vesuvius-pt/image-layer/1"  # what _writer writes
-_ZARR_MARKERS = ("zarr.json", ".zarray", ".zgroup")
-_TIFF_SUFFIXES = (".tif", ".tiff")
-MASK_COLOR = "#4cc9f0"
-INK_COLOR = "#ff3d7f"
 PREDICTION_STYLE = {"colormap": "magma", "opacity": 0.6, "blending": "additive"}
 
 
@@ -42,23 +45,6 @@ def placement(downsample: int, ndim: int) -> tuple[tuple[float, ...], tuple[floa
     f = float(downsample)
     lead = ndim - 2
     return (1.0,) * lead + (f, f), (0.0,) * lead + ((f - 1) / 2, (f - 1) / 2)
-
-
-def robust_contrast_limits(volume: Any, mask: np.ndarray | None = None) -> tuple[float, float] | None:
-    """The 0.5th and 99.5th percentiles of a few tiles of the central layers inside ``mask``: a display
-    range that reads well, without reading the whole volume (napari would otherwise scan it)."""
-    from napari_vesuvius_pt.data.normalize import sample_voxels
-
-    try:
-        values = sample_voxels(volume, mask, samples=16, size=64, max_depth=8)
-    except VesuviusError:
-        return None
-    if values.size == 0:
-        return None
-    low, high = (float(v) for v in np.percentile(values, (0.5, 99.5)))
-    if not high > low:
-        return None
-    return low, high
 
 
 def segment_layers(name: str, volume: Any, mask: np.ndarray | None = None, inklabels: np.ndarray | None = None,
@@ -159,7 +145,7 @@ def layers_of_image_zarr(path: str | Path) -> list[LayerData]:
 
 def _zarr_attrs(path: Path) -> dict[str, Any] | None:
     """The attrs of the zarr at ``path`` (group or array), or None if it is not a readable zarr."""
-    if not (path.is_dir() and any((path / m).is_file() for m in _ZARR_MARKERS)):
+    if not (path.is_dir() and is_zarr(path)):
         return None
     import zarr
 
@@ -172,7 +158,7 @@ def _zarr_attrs(path: Path) -> dict[str, Any] | None:
 def _claims(path: Path) -> bool:
     """Whether ``path`` is plainly meant as a segment of this plugin, so a failure to open it is reported
     rather than passed on to other readers."""
-    if path.name.endswith(".partial"):
+    if path.name.endswith(PARTIAL_SUFFIX):
         return True
     if path.is_dir() and ((path / "surface_volume").is_dir() or (path / "layers").is_dir()
                           or path.name in ("surface_volume", "layers")):
@@ -188,7 +174,7 @@ def _reader_for_one(path: Path) -> Callable[[], list] | None:
 
     if not path.exists():
         return None
-    is_tiff = path.is_file() and path.suffix.lower() in _TIFF_SUFFIXES
+    is_tiff = path.is_file() and path.suffix.lower() in TIFF_SUFFIXES
     attrs = _zarr_attrs(path)
     if not (is_tiff or path.is_dir()):
         return None
@@ -208,10 +194,13 @@ def _reader_for_one(path: Path) -> Callable[[], list] | None:
 
 
 def _failure(exc: VesuviusError) -> Callable[[], list]:
-    def report() -> list:
-        from napari_vesuvius_pt.ui.notify import notify_error
+    """A layer maker that shows ``exc`` (a user's error: its message says what to do) as a napari error
+    notification and makes no layers."""
 
-        notify_error(exc, "napari-vesuvius-pt")
+    def report() -> list:
+        from napari.utils.notifications import show_error
+
+        show_error(f"{PLUGIN}: {exc}")
         return []
 
     return report

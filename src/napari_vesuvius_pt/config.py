@@ -7,17 +7,45 @@ Widgets build the same dataclasses, so the GUI and the CLI share one code path.
 from __future__ import annotations
 
 import dataclasses
+import os
 import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar
 
 import yaml
 
 from napari_vesuvius_pt.errors import ConfigError
 
 T = TypeVar("T")
+
+# ---------------------------------------------------------------- choices
+# Each choice list is defined once, here, as the Literal type of its config field; the tuples are what
+# argparse's ``choices=``, the widgets' combo boxes and the engine's checks take (no torch needed).
+
+Optimizer = Literal["sgd", "adamw", "lars"]  # sgd: with Nesterov momentum
+Normalization = Literal["none", "kaggle", "minmax", "zscore", "instance"]
+EncoderName = Literal["resnet10", "resnet18", "resnet34", "resnet50"]
+CKALayer = Literal["pooled", "layer1", "layer2", "layer3", "layer4"]
+Weighting = Literal["mean", "gaussian"]  # how overlapping tile predictions are blended
+PredictDtype = Literal["float16", "uint8"]  # float16 probabilities, or uint8 probability * 255
+DemoScaleName = Literal["quick", "laptop", "seed"]
+OutputStride = Literal[1, 2, 4, 8]
+DeviceName = Literal["auto", "cpu", "cuda"]  # the fixed names; device fields also take "cuda:N", so they stay str
+
+OPTIMIZERS: tuple[str, ...] = typing.get_args(Optimizer)
+NORMALIZATIONS: tuple[str, ...] = typing.get_args(Normalization)
+ENCODER_NAMES: tuple[str, ...] = typing.get_args(EncoderName)
+CKA_LAYERS: tuple[str, ...] = typing.get_args(CKALayer)
+WEIGHTINGS: tuple[str, ...] = typing.get_args(Weighting)
+PREDICT_DTYPES: tuple[str, ...] = typing.get_args(PredictDtype)
+DEMO_SCALES: tuple[str, ...] = typing.get_args(DemoScaleName)
+OUTPUT_STRIDES: tuple[int, ...] = typing.get_args(OutputStride)
+DEVICE_NAMES: tuple[str, ...] = typing.get_args(DeviceName)
+
+# Where runs go by default: never inside a source checkout (``VESUVIUS_PT_RUNS`` moves it).
+DEFAULT_RUNS_DIR = Path(os.environ.get("VESUVIUS_PT_RUNS") or Path.home() / "vesuvius-runs").expanduser()
 
 
 @dataclass
@@ -27,13 +55,13 @@ class DataConfig:
     z_range: list[int] | None = None  # [start, stop) in the file's layer indices; None = all layers
     reverse: bool = False  # flip the depth axis (some published segments are stored reversed)
     downsample: int = 1  # in-plane downsampling factor (the seed halves fragments to match scrolls)
-    normalization: str = "kaggle"  # none | kaggle | minmax | zscore | instance
+    normalization: Normalization = "kaggle"
     normalization_params: dict[str, float] = field(default_factory=dict)  # fitted values, filled at start
 
 
 @dataclass
 class EncoderConfig:
-    name: str = "resnet18"  # resnet10 | resnet18 | resnet34 | resnet50
+    name: EncoderName = "resnet18"
     widen_factor: float = 1.0
     in_channels: int = 1
 
@@ -85,7 +113,7 @@ class VICRegConfig:
 
 @dataclass
 class OptimConfig:
-    name: str = "sgd"  # sgd (Nesterov) | adamw | lars
+    name: Optimizer = "sgd"
     lr: float = 0.05
     weight_decay: float = 5e-5
     momentum: float = 0.9
@@ -96,19 +124,21 @@ class OptimConfig:
 
 
 @dataclass
-class PretrainConfig:
-    segments: list[str] = field(default_factory=list)  # scroll segments and unlabeled fragments
-    out: str = "runs/pretrain"
+class TrainingConfig:
+    """What every training run (pretraining, fine-tuning) is given besides its data and its objective.
+
+    In the saved YAML a run's own fields (its segments or fragments, its loss) come first, these after.
+    """
+
+    out: str = str(DEFAULT_RUNS_DIR / "run")  # the run folder
     encoder: EncoderConfig = field(default_factory=EncoderConfig)
     data: DataConfig = field(default_factory=DataConfig)
     tile: TileConfig = field(default_factory=TileConfig)
     augment: AugmentConfig = field(default_factory=AugmentConfig)
-    vicreg: VICRegConfig = field(default_factory=VICRegConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     epochs: int = 3
     batch_size: int = 8
     steps_per_epoch: int | None = None  # None: one pass over the tiles
-    mask_erosion: int = 8  # pixels the mask is eroded by before tiles are kept (ragged edges, glue, air)
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     amp: bool = True  # autocast on CUDA only
     num_workers: int = 0  # DataLoader workers (spawn); 0 reads in the training process
@@ -118,34 +148,33 @@ class PretrainConfig:
 
 
 @dataclass
-class FinetuneConfig:
+class PretrainConfig(TrainingConfig):
+    segments: list[str] = field(default_factory=list)  # scroll segments and unlabeled fragments
+    vicreg: VICRegConfig = field(default_factory=VICRegConfig)
+    mask_erosion: int = 8  # pixels the mask is eroded by before tiles are kept (ragged edges, glue, air)
+    # TrainingConfig's fields with this run's defaults (they keep their place among the shared fields)
+    out: str = str(DEFAULT_RUNS_DIR / "pretrain")
+
+
+@dataclass
+class FinetuneConfig(TrainingConfig):
     fragments: list[str] = field(default_factory=list)  # training fragments (with ink labels)
     val_fragment: str | None = None  # a whole fragment for validation, or
     val_region: str | None = None  # a JSON/CSV of polygons on the first training fragment
-    out: str = "runs/finetune"
     encoder_origin: str = "random"  # random | k700:FILE | RUN_FOLDER | CHECKPOINT
-    encoder: EncoderConfig = field(default_factory=EncoderConfig)
     freeze_encoder: bool = False
     encoder_lr_scale: float = 0.1  # encoder lr = lr * scale when not frozen
-    output_stride: int = 4
-    data: DataConfig = field(default_factory=DataConfig)
-    tile: TileConfig = field(default_factory=lambda: TileConfig(min_mask_fraction=0.5))
-    augment: AugmentConfig = field(default_factory=AugmentConfig)
-    optim: OptimConfig = field(default_factory=lambda: OptimConfig(name="adamw", lr=1e-3, weight_decay=1e-4))
-    epochs: int = 5
-    batch_size: int = 8
-    steps_per_epoch: int | None = None
+    output_stride: OutputStride = 4
     only_ink_tiles: bool = False  # train only on tiles with some ink (the reference models did)
     skip_empty_eval: bool = False  # evaluate only tiles with some ink (the seed did)
     label_smoothing: float = 0.0
     bce_weight: float = 0.5  # loss = bce_weight * BCE + (1 - bce_weight) * Dice
     region_margin: int = 0  # extra pixels between validation polygons and training tiles
-    device: str = "auto"
-    amp: bool = True
-    num_workers: int = 0  # DataLoader workers (spawn); 0 reads in the training process
-    prefetch: int = 2  # with num_workers 0: batches read ahead in a background thread (0: read in the loop)
-    seed: int = 0
-    resume: str | None = None  # a run folder to continue
+    # TrainingConfig's fields with this run's defaults (they keep their place among the shared fields)
+    out: str = str(DEFAULT_RUNS_DIR / "finetune")
+    tile: TileConfig = field(default_factory=lambda: TileConfig(min_mask_fraction=0.5))
+    optim: OptimConfig = field(default_factory=lambda: OptimConfig(name="adamw", lr=1e-3, weight_decay=1e-4))
+    epochs: int = 5
 
 
 @dataclass
@@ -156,11 +185,11 @@ class PredictConfig:
     region: str | None = None  # polygons JSON/CSV: predict only there
     stride: int | None = None  # None: tile size - 2 * edge (kept centres tile the plane exactly)
     edge: int = 8  # pixels dropped at each side of a tile's prediction (full resolution)
-    weighting: str = "mean"  # mean | gaussian
+    weighting: Weighting = "mean"
     batch_size: int = 8
     device: str = "auto"
     data: DataConfig | None = None  # None: the checkpoint's own
-    dtype: str = "float16"  # float16 | uint8 (probability * 255)
+    dtype: PredictDtype = "float16"  # float16 probabilities | uint8 (probability * 255)
     full_resolution: bool = False  # upsample the reduced-size output when writing
     resume: bool = True
     names: list[str] | None = None  # one array name per checkpoint; None: run folder name or file stem
@@ -175,7 +204,7 @@ class CKAConfig:
     segment: str = ""
     out: str = "cka"
     tiles: int = 256  # probe tiles
-    layer: str = "pooled"  # pooled | layer1 | layer2 | layer3 | layer4
+    layer: CKALayer = "pooled"
     data: DataConfig | None = None
     tile: TileConfig | None = None
     threshold: float = 0.5  # RBF bandwidth: sigma^2 = threshold^2 * median squared distance
@@ -189,13 +218,21 @@ class CKAConfig:
 
 
 def to_dict(cfg: Any) -> dict[str, Any]:
-    return dataclasses.asdict(cfg)
+    """``cfg`` as plain data; a subclass's own fields come before the ones it inherits."""
+    data = dataclasses.asdict(cfg)
+    inherited = {f.name for base in type(cfg).__mro__[1:] if dataclasses.is_dataclass(base) for f in dataclasses.fields(base)}
+    return {k: data[k] for k in sorted(data, key=lambda k: k in inherited)}
 
 
 def _convert(tp: Any, value: Any, where: str) -> Any:
     if value is None:
         return None
     origin = typing.get_origin(tp)
+    if origin is Literal:
+        choices = typing.get_args(tp)
+        if not any(value == c and type(value) is type(c) for c in choices):
+            raise ConfigError(f"{where}: {value!r} is not one of {', '.join(str(c) for c in choices)}")
+        return value
     if origin in (typing.Union, types.UnionType):
         args = [a for a in typing.get_args(tp) if a is not type(None)]
         return _convert(args[0], value, where) if len(args) == 1 else value
@@ -257,7 +294,7 @@ class DemoConfig:
     probes for random / VICReg (/ Kinetics-700) encoders, tiled prediction, F0.5 report."""
 
     out: str = "vesuvius-demo"
-    scale: str = "laptop"  # quick (CI) | laptop (default, < 10 min on 2 cores) | seed (ResNet-50 on a GPU)
+    scale: DemoScaleName = "laptop"  # quick (CI) | laptop (default, < 10 min on 2 cores) | seed (ResNet-50 on a GPU)
     k700_weights: str | None = None  # a local 3D-ResNets-PyTorch Kinetics-700 checkpoint (same depth as the encoder)
     device: str = "auto"
     seed: int = 0

@@ -23,3 +23,7 @@ class ConfigError(VesuviusError):
 
 class RunError(VesuviusError):
     """A run cannot start or continue (nothing to resume, non-finite loss, out of memory)."""
+
+
+class AnalysisInputError(VesuviusError, ValueError):
+    """Arrays given to a CKA or metric function do not fit (shapes, NaN, too few samples)."""

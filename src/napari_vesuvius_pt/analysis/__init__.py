@@ -1,14 +1,9 @@
-"""Representation similarity (CKA) and ink-detection metrics. No Qt, no torch required at import."""
+"""Representation similarity (CKA) and ink-detection metrics. No Qt, no torch required at import.
 
-from napari_vesuvius_pt.errors import VesuviusError
+Bad arrays raise :class:`napari_vesuvius_pt.errors.AnalysisInputError`.
+"""
 
-
-class AnalysisInputError(VesuviusError, ValueError):
-    """Arrays given to a CKA or metric function do not fit (shapes, NaN, too few samples)."""
-
-
-from napari_vesuvius_pt.analysis.cka import (  # noqa: E402
-    MinibatchCKA,
+from napari_vesuvius_pt.analysis.cka import (
     centered_gram,
     feature_space_linear_cka,
     gram_linear,
@@ -16,7 +11,7 @@ from napari_vesuvius_pt.analysis.cka import (  # noqa: E402
     linear_cka,
     rbf_cka,
 )
-from napari_vesuvius_pt.analysis.metrics import (  # noqa: E402
+from napari_vesuvius_pt.analysis.metrics import (
     DEFAULT_THRESHOLDS,
     BinaryMetrics,
     fbeta,
@@ -25,10 +20,8 @@ from napari_vesuvius_pt.analysis.metrics import (  # noqa: E402
 )
 
 __all__ = [
-    "AnalysisInputError",
     "BinaryMetrics",
     "DEFAULT_THRESHOLDS",
-    "MinibatchCKA",
     "centered_gram",
     "fbeta",
     "fbeta_sweep",

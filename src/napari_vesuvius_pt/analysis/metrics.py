@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from napari_vesuvius_pt.analysis import AnalysisInputError
+from napari_vesuvius_pt.errors import AnalysisInputError
 
 # the winning Kaggle solutions swept 0.10-0.95; rounded so that 0.2 is 0.2 and not 0.20000000000000004
 DEFAULT_THRESHOLDS = np.round(np.arange(0.10, 0.96, 0.05), 2)

@@ -12,8 +12,8 @@ import sys
 from collections.abc import Iterator
 
 from napari_vesuvius_pt.cli._progress import drive
-from napari_vesuvius_pt.config import CKAConfig, load_config, merge
-from napari_vesuvius_pt.engine.cka_run import LAYERS, cka
+from napari_vesuvius_pt.config import CKA_LAYERS, CKAConfig, load_config, merge
+from napari_vesuvius_pt.engine.cka_run import cka
 from napari_vesuvius_pt.engine.events import Event, TilesDone
 from napari_vesuvius_pt.errors import ConfigError
 
@@ -30,7 +30,7 @@ def register(subparsers) -> None:
     p.add_argument("--segment", metavar="PATH", help="the segment the probe tiles come from")
     p.add_argument("--out", metavar="DIR", help="output folder (e.g. RUN/cka, to keep the cache in the run)")
     p.add_argument("--tiles", type=int, metavar="N", help="probe tiles (default 256)")
-    p.add_argument("--layer", choices=LAYERS, help="pooled embedding (default) or a stage's map, pooled to 1x2x2")
+    p.add_argument("--layer", choices=CKA_LAYERS, help="pooled embedding (default) or a stage's map, pooled to 1x2x2")
     p.add_argument("--debiased", action="store_true", default=None,
                    help="the unbiased HSIC estimator (use it when features outnumber probe tiles)")
     p.add_argument("--threshold", type=float, metavar="T",

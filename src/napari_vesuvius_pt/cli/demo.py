@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from napari_vesuvius_pt.config import DemoConfig
+from napari_vesuvius_pt.config import DEMO_SCALES, DemoConfig
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -15,7 +15,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     size = p.add_mutually_exclusive_group()
     size.add_argument("--quick", action="store_const", const="quick", dest="scale",
                       help="CI size: a few minutes on 2 cores")
-    size.add_argument("--scale", choices=("quick", "laptop", "seed"), default="laptop",
+    size.add_argument("--scale", choices=DEMO_SCALES, default="laptop",
                       help="laptop (default, under 10 minutes on 2 CPU cores) or seed (ResNet-50, 128x128 tiles, for a GPU)")
     p.add_argument("--k700-weights", metavar="FILE",
                    help="a local Kinetics-700 checkpoint of 3D-ResNets-PyTorch (e.g. r3d18_K_200ep.pth) to compare too")

@@ -11,15 +11,8 @@ from __future__ import annotations
 
 import argparse
 
-from napari_vesuvius_pt.cli.pretrain import (
-    StopAtStepBoundary,
-    add_common_arguments,
-    apply_common,
-    base_config,
-    print_summary,
-    rank,
-)
-from napari_vesuvius_pt.config import merge
+from napari_vesuvius_pt.cli._training import ENCODER_HELP, add_training_arguments, run_training, training_config
+from napari_vesuvius_pt.config import ENCODER_NAMES, OUTPUT_STRIDES, FinetuneConfig, merge
 from napari_vesuvius_pt.errors import ConfigError
 
 
@@ -36,35 +29,31 @@ def register(subparsers) -> None:
                      help="validation polygons (JSON or napari Shapes CSV) on the first training fragment")
     p.add_argument("--encoder", metavar="SOURCE",
                    help="random | random:resnet50 | k700:FILE | pretraining RUN folder | checkpoint file")
-    p.add_argument("--arch", metavar="NAME", help="encoder depth for random or Kinetics sources (resnet10..resnet50)")
+    p.add_argument("--arch", choices=ENCODER_NAMES, metavar="NAME",
+                   help=f"encoder depth for random or Kinetics sources: {ENCODER_HELP}")
     p.add_argument("--freeze-encoder", action="store_true", default=None, help="train only the ink head")
     p.add_argument("--encoder-lr-scale", type=float, metavar="F", help="encoder lr = lr x F when not frozen")
-    p.add_argument("--output-stride", type=int, choices=(1, 2, 4, 8), help="prediction at 1/stride of the tile size")
+    p.add_argument("--output-stride", type=int, choices=OUTPUT_STRIDES, help="prediction at 1/stride of the tile size")
     p.add_argument("--only-ink-tiles", action="store_true", default=None, help="train only on tiles with some ink")
     p.add_argument("--skip-empty-eval", action="store_true", default=None, help="validate only on tiles with some ink")
     p.add_argument("--label-smoothing", type=float, metavar="F")
     p.add_argument("--region-margin", type=int, metavar="PX", help="extra pixels between validation and training tiles")
-    add_common_arguments(p)
+    add_training_arguments(p)
     p.set_defaults(func=run)
 
 
-def config_from_args(args: argparse.Namespace):
-    from napari_vesuvius_pt.config import FinetuneConfig
-
-    cfg = base_config(FinetuneConfig, args)
-    cfg = apply_common(cfg, args)
-    cfg = merge(cfg, fragments=args.fragments, encoder_origin=args.encoder, freeze_encoder=args.freeze_encoder,
-                encoder_lr_scale=args.encoder_lr_scale, output_stride=args.output_stride,
-                only_ink_tiles=args.only_ink_tiles, skip_empty_eval=args.skip_empty_eval,
-                label_smoothing=args.label_smoothing, region_margin=args.region_margin, resume=args.resume)
+def config_from_args(args: argparse.Namespace) -> FinetuneConfig:
+    cfg = training_config(FinetuneConfig, args, arch=args.arch, fragments=args.fragments, encoder_origin=args.encoder,
+                          freeze_encoder=args.freeze_encoder, encoder_lr_scale=args.encoder_lr_scale,
+                          output_stride=args.output_stride, only_ink_tiles=args.only_ink_tiles,
+                          skip_empty_eval=args.skip_empty_eval, label_smoothing=args.label_smoothing,
+                          region_margin=args.region_margin)
     if args.val_fragment is not None:
         cfg = merge(cfg, val_fragment=args.val_fragment)
         cfg.val_region = None
     if args.val_region is not None:
         cfg = merge(cfg, val_region=args.val_region)
         cfg.val_fragment = None
-    if args.arch is not None:
-        cfg = merge(cfg, encoder=merge(cfg.encoder, name=args.arch))
     if not cfg.fragments:
         raise ConfigError("give the labeled training fragments: --fragments PATH [PATH ...]")
     if not cfg.val_fragment and not cfg.val_region:
@@ -73,13 +62,6 @@ def config_from_args(args: argparse.Namespace):
 
 
 def run(args: argparse.Namespace) -> int:
-    from napari_vesuvius_pt.cli._progress import drive
     from napari_vesuvius_pt.engine.finetuning import finetune
 
-    cfg = config_from_args(args)
-    quiet = args.quiet or rank() != 0
-    with StopAtStepBoundary("finetune") as stop:
-        finished = drive(stop.wrap(finetune(cfg)), "finetune", quiet=quiet)
-    if finished is not None and rank() == 0:
-        print_summary("finetune", finished, args.json)
-    return 0 if finished is not None else 130
+    return run_training("finetune", finetune(config_from_args(args)), args)

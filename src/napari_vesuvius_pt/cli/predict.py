@@ -9,10 +9,9 @@ import argparse
 import json
 
 from napari_vesuvius_pt.cli._progress import drive
-from napari_vesuvius_pt.config import PredictConfig, load_config, merge
+from napari_vesuvius_pt.config import PREDICT_DTYPES, WEIGHTINGS, PredictConfig, load_config, merge
 from napari_vesuvius_pt.engine.prediction import predict
-from napari_vesuvius_pt.engine.prediction_store import ENCODINGS, open_prediction
-from napari_vesuvius_pt.engine.tiling import WEIGHTINGS
+from napari_vesuvius_pt.engine.prediction_store import open_prediction
 from napari_vesuvius_pt.errors import ConfigError
 
 
@@ -38,7 +37,7 @@ def register(subparsers) -> None:
     p.add_argument("--device", metavar="DEV", help="auto | cpu | cuda | cuda:N")
     p.add_argument("--full-resolution", action="store_true", default=None,
                    help="upsample the reduced-size output to the segment's resolution when writing")
-    p.add_argument("--dtype", choices=tuple(ENCODINGS), help="float16 probabilities (default) or uint8 x 255")
+    p.add_argument("--dtype", choices=PREDICT_DTYPES, help="float16 probabilities (default) or uint8 x 255")
     p.add_argument("--z0", type=int, metavar="Z", help="first layer of each tile (default: centred)")
     p.add_argument("--no-resume", dest="resume", action="store_false", default=None,
                    help="start over instead of resuming an interrupted prediction in --out")

@@ -24,12 +24,12 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from napari_vesuvius_pt.config import NORMALIZATIONS
 from napari_vesuvius_pt.errors import ConfigError, SegmentError
 
 if TYPE_CHECKING:
     from napari_vesuvius_pt.config import DataConfig
 
-NORMALIZATIONS = ("none", "kaggle", "minmax", "zscore", "instance")
 PERCENTILES = (1.0, 99.0)  # minmax's low and high
 _FITTED_PARAMS = {"minmax": ("low", "high"), "zscore": ("mean", "std")}
 _EPS = 1e-6

@@ -22,7 +22,7 @@ from napari_vesuvius_pt.data.augment import read_shifted_views
 from napari_vesuvius_pt.data.normalize import Normalizer, normalizer_from_config
 from napari_vesuvius_pt.data.segment import Segment, open_from_config
 from napari_vesuvius_pt.data.tiles import TileGrid
-from napari_vesuvius_pt.engine.training import mix_seed
+from napari_vesuvius_pt.engine.rng import mix_seed
 from napari_vesuvius_pt.errors import ConfigError, SegmentError
 
 

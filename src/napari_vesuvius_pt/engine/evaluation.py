@@ -11,19 +11,25 @@ prediction is scored pixel for pixel.
 ``skip_empty`` scores only tiles with some ink, as the seed method did: the plane is cut into the
 model's tiles (``tile.size`` squares from the origin) and tiles without an ink pixel in the scored area
 are left out.
+
+``predict_and_evaluate`` is the Predict & compare job: the labels, the prediction's events, then its
+scores, as events any front end can consume.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
 
 from napari_vesuvius_pt.analysis.metrics import DEFAULT_THRESHOLDS, BinaryMetrics, fbeta_sweep
-from napari_vesuvius_pt.config import DataConfig, from_dict
+from napari_vesuvius_pt.config import DataConfig, PredictConfig, from_dict
+from napari_vesuvius_pt.data.blocks import block_fraction
+from napari_vesuvius_pt.engine.events import Event, Finished, LabelsReady, MetricsReady
 from napari_vesuvius_pt.engine.prediction_store import PredictionStore, open_prediction
-from napari_vesuvius_pt.engine.tiling import block_fraction, region_mask
+from napari_vesuvius_pt.engine.tiling import region_mask
 from napari_vesuvius_pt.errors import RunError, SegmentError
 
 METRIC_KEYS = ("f05", "threshold", "precision", "recall", "auc", "f05_at_05")
@@ -112,3 +118,36 @@ def metrics_as_json(results: dict[str, BinaryMetrics]) -> dict[str, dict[str, fl
     prevalence, n)."""
     return {name: {**{k: getattr(m, k) for k in METRIC_KEYS}, "prevalence": m.prevalence, "n": m.n}
             for name, m in results.items()}
+
+
+def labels_event(segment_path: str | Path) -> LabelsReady | None:
+    """The segment's ink labels as an event (None when it has none)."""
+    from napari_vesuvius_pt.data.segment import open_segment
+
+    segment = open_segment(segment_path)
+    if segment.inklabels is None:
+        return None
+    return LabelsReady(segment.name, np.asarray(segment.inklabels, dtype=np.uint8))
+
+
+def predict_and_evaluate(config: PredictConfig, skip_empty: bool = False) -> Iterator[Event]:
+    """Predict, then score: labels first (so a viewer shows them at once), the prediction's events, then
+    a ``MetricsReady`` with ``evaluate``'s results for the arrays this prediction wrote. A stopped
+    prediction (no ``Finished``) is not scored."""
+    from napari_vesuvius_pt.engine.prediction import predict
+
+    labels = labels_event(config.segment)
+    if labels is not None:
+        yield labels
+    finished = None
+    for event in predict(config):
+        if isinstance(event, Finished):
+            finished = event
+        yield event
+    if finished is None:
+        return
+    if labels is None:
+        yield MetricsReady({}, note="the segment has no ink labels: no metrics")
+        return
+    names = list(finished.summary.get("arrays", {})) or None
+    yield MetricsReady(evaluate(config.out, config.segment, region=config.region, skip_empty=skip_empty, names=names))

@@ -67,6 +67,22 @@ class TilesDone(Event):
 
 
 @dataclass(frozen=True)
+class LabelsReady(Event):
+    """The segment's ink labels, to show under the predictions (full-resolution pixels)."""
+
+    name: str
+    labels: np.ndarray  # uint8 0/1 (y, x)
+
+
+@dataclass(frozen=True)
+class MetricsReady(Event):
+    """``engine.evaluation.evaluate`` results per encoder (BinaryMetrics), after a complete prediction."""
+
+    metrics: dict[str, Any]
+    note: str = ""  # why there are none, when there are none
+
+
+@dataclass(frozen=True)
 class MatrixUpdated(Event):
     """CKA matrices after a checkpoint's features were added."""
 

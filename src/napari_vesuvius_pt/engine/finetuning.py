@@ -44,30 +44,19 @@ from napari_vesuvius_pt.engine.datasets import (
     tile_index,
 )
 from napari_vesuvius_pt.engine.device import release_device_memory
+from napari_vesuvius_pt.engine.distributed import DistContext, run_distributed, unwrap, wrap_ddp
 from napari_vesuvius_pt.engine.events import Event, PreviewReady
+from napari_vesuvius_pt.engine.failures import is_out_of_memory, out_of_memory_message
 from napari_vesuvius_pt.engine.loop import (
     EpochFailed,
-    Training,
     check_same_batches,
     open_run,
-    plan_steps,
-    restore_training,
-    run_distributed,
-    schedule_and_precision,
-    tile_label,
+    prepare_training,
     train_epochs,
-    validate_steps,
+    validate_training,
 )
-from napari_vesuvius_pt.engine.training import (
-    DistContext,
-    Precision,
-    build_optimizer,
-    is_out_of_memory,
-    out_of_memory_message,
-    seed_everything,
-    unwrap,
-    wrap_ddp,
-)
+from napari_vesuvius_pt.engine.precision import Precision
+from napari_vesuvius_pt.engine.rng import seed_everything
 from napari_vesuvius_pt.errors import ConfigError, RunError
 
 REGION_COPY = "val_region.json"  # the validation polygons, copied into the run folder
@@ -81,11 +70,9 @@ def validate_finetune_config(cfg: FinetuneConfig) -> None:
         raise ConfigError("give either a validation fragment (--val-fragment) or validation regions (--val-region), not both")
     if not cfg.val_fragment and not cfg.val_region:
         raise ConfigError("no validation data: give --val-fragment PATH or --val-region FILE (polygons on the first fragment)")
-    if cfg.epochs < 1:
-        raise ConfigError(f"epochs must be at least 1, got {cfg.epochs}")
+    validate_training(cfg)
     if cfg.batch_size < 1:
         raise ConfigError(f"batch size must be at least 1, got {cfg.batch_size}")
-    validate_steps(cfg)
     if not 0.0 <= cfg.bce_weight <= 1.0:
         raise ConfigError(f"bce_weight must lie in [0, 1], got {cfg.bce_weight}")
     if not 0.0 <= cfg.label_smoothing < 1.0:
@@ -273,6 +260,8 @@ def finetune(cfg: FinetuneConfig) -> Iterator[Event]:
 
 
 def _build_model(cfg: FinetuneConfig, payload: dict[str, Any] | None):
+    """The ink model on its encoder (from ``cfg.encoder_origin``, or the run's own when resuming, with
+    the checkpoint's weights) and the description of that encoder kept in the checkpoints."""
     from napari_vesuvius_pt.models.checkpoint import encoder_from_source
     from napari_vesuvius_pt.models.encoder import encoder_from_spec
     from napari_vesuvius_pt.models.head import InkModel
@@ -286,6 +275,9 @@ def _build_model(cfg: FinetuneConfig, payload: dict[str, Any] | None):
     seed_everything(cfg.seed)  # the head starts the same whatever the encoder's source consumed
     model = InkModel(encoder, output_stride=cfg.output_stride)
     model.freeze_encoder(cfg.freeze_encoder)
+    if payload is not None:
+        model.encoder.load_state_dict(payload["encoder"])
+        model.head.load_state_dict(payload["head"])
     keep = {k: v for k, v in info.items() if k in ("origin", "source", "checkpoint", "epoch", "summary", "run")}
     return model, {k: (str(v) if not isinstance(v, (int, float, bool, type(None))) else v) for k, v in keep.items()}
 
@@ -330,8 +322,7 @@ class _InkSteps:
             if not is_out_of_memory(exc):
                 raise
             release_device_memory(device)
-            raise EpochFailed(out_of_memory_message(device, cfg.batch_size, int(cfg.optim.accumulate), tile_label(cfg.tile))
-                              + " (validation)") from None
+            raise EpochFailed(out_of_memory_message(device, cfg) + " (validation)") from None
         metrics.update(score(mean, count, origin, cell, self.val))
         return [preview(mean, origin, cell, cfg.data.downsample, epoch)]
 
@@ -348,7 +339,6 @@ class _InkSteps:
 
 
 def _finetune(cfg: FinetuneConfig, ctx: DistContext) -> Iterator[Event]:
-    device = ctx.device
     run, payload, cfg_run = open_run(cfg, "finetune", _check_resumable)
     if ctx.is_main:
         run.create(cfg_run, fresh=payload is None)  # the folder first: the region copy goes into it
@@ -358,27 +348,18 @@ def _finetune(cfg: FinetuneConfig, ctx: DistContext) -> Iterator[Event]:
         cfg_run = dataclasses.replace(cfg_run, val_region=str(run.path / REGION_COPY))
         run.create(cfg_run, fresh=False)
     index = tile_index(train)
-    accumulate, steps, total_steps = plan_steps(cfg, len(index), ctx.world_size)
-    data_filled = dataclasses.replace(cfg.data, normalization_params=dict(train[0].normalizer.params))
-    normalization = {s.path: dict(s.normalizer.params) for s in [*train, val]}
 
     model_inner, encoder_info = _build_model(cfg, payload)
-    model_inner.to(device)
+    model_inner.to(ctx.device)
+    model = wrap_ddp(model_inner, ctx)
     groups = [{"params": list(model_inner.head_parameters()), "lr_scale": 1.0}]
     if not cfg.freeze_encoder:
         groups.append({"params": list(model_inner.encoder_parameters()), "lr_scale": cfg.encoder_lr_scale})
-    optimizer = build_optimizer(groups, cfg.optim)
-    schedule, precision = schedule_and_precision(optimizer, cfg, steps, total_steps, device)
-    if payload is not None:
-        model_inner.encoder.load_state_dict(payload["encoder"])
-        model_inner.head.load_state_dict(payload["head"])
-    first_epoch, skip, partial = restore_training(payload, optimizer, schedule, precision)
-    if payload is not None and ctx.is_main:
-        run.truncate_metrics(first_epoch)
-    model = wrap_ddp(model_inner, ctx)
-    params = [p for p in model_inner.parameters() if p.requires_grad]
-
-    training = Training(cfg, cfg_run, ctx, run, model, params, optimizer, schedule, precision, accumulate, steps,
-                        total_steps, data_filled, normalization, first_epoch, skip, partial, summary_extra=split)
+    training = prepare_training(
+        cfg, cfg_run, ctx, run, payload, model, groups, len(index),
+        data_filled=dataclasses.replace(cfg.data, normalization_params=dict(train[0].normalizer.params)),
+        normalization={s.path: dict(s.normalizer.params) for s in [*train, val]},
+        summary_extra=split,
+    )
     dataset = InkTiles(train, index, cfg.tile.depth, cfg.tile.size, int(cfg.augment.max_z_shift))
-    yield from train_epochs(training, _InkSteps(cfg, model, ctx, precision, val, encoder_info), dataset, len(index))
+    yield from train_epochs(training, _InkSteps(cfg, model, ctx, training.precision, val, encoder_info), dataset)

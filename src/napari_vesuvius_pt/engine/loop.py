@@ -1,6 +1,12 @@
-"""The run machinery pretraining and fine-tuning share: opening (or resuming) a run folder, planning the
-steps, restoring the training state, and the epoch/step loop with its accumulation, NaN/OOM handling,
-mid-epoch stop, checkpoints and events.
+"""The run machinery pretraining and fine-tuning share, in the order a run uses it:
+
+1. :func:`validate_training`: the shared config checks, before anything is opened;
+2. :func:`open_run`: the run folder and the checkpoint a resume continues from;
+3. (the run opens its data, builds its model and wraps it for DDP);
+4. :func:`prepare_training`: the step plan, the optimizer, its schedule and the precision, restored from
+   that checkpoint, in a :class:`Training`;
+5. :func:`train_epochs`: the epoch/step loop with its accumulation, NaN/OOM handling, mid-epoch stop,
+   checkpoints and events.
 
 What differs between runs is a :class:`RunSteps` (the batch -> losses function, extra per-epoch state,
 the epoch-end metrics and the model's own checkpoint fields); the loop never looks inside the model.
@@ -13,46 +19,27 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
+import numpy as np
 import torch
 from torch import Tensor, nn
+from torch.optim.lr_scheduler import LambdaLR
 from torch.utils.data import Dataset
 
-from napari_vesuvius_pt.config import TileConfig, to_dict
-from napari_vesuvius_pt.engine.datasets import (
-    EpochBatches,
-    close_batches,
-    iterate_batches,
-    make_loader,
-)
+from napari_vesuvius_pt.config import DataConfig, TrainingConfig, to_dict
+from napari_vesuvius_pt.engine.datasets import EpochBatches, close_batches, iterate_batches, make_loader
 from napari_vesuvius_pt.engine.device import describe_device, release_device_memory
-from napari_vesuvius_pt.engine.events import (
-    EpochDone,
-    Event,
-    Failed,
-    Finished,
-    Started,
-    StepDone,
-)
+from napari_vesuvius_pt.engine.distributed import DistContext, maybe_no_sync, unwrap
+from napari_vesuvius_pt.engine.events import EpochDone, Event, Failed, Finished, Started, StepDone
+from napari_vesuvius_pt.engine.failures import is_out_of_memory, nonfinite_message, out_of_memory_message
+from napari_vesuvius_pt.engine.optim import build_optimizer, current_lr, schedule_for
+from napari_vesuvius_pt.engine.precision import Precision
+from napari_vesuvius_pt.engine.rng import capture_rng, mix_seed, restore_rng
 from napari_vesuvius_pt.engine.run_folder import RunFolder
-from napari_vesuvius_pt.engine.training import (
-    DistContext,
-    Meter,
-    Precision,
-    WarmupCosine,
-    capture_rng,
-    is_out_of_memory,
-    maybe_no_sync,
-    mix_seed,
-    nonfinite_message,
-    out_of_memory_message,
-    restore_rng,
-    setup_distributed,
-    to_cpu,
-    unwrap,
-)
 from napari_vesuvius_pt.errors import ConfigError, RunError
+
+C = TypeVar("C", bound=TrainingConfig)
 
 
 class EpochFailed(Exception):
@@ -84,19 +71,29 @@ class RunSteps(Protocol):
         """The checkpoint's first fields (``kind``, the model's weights and description)."""
 
 
-def run_distributed(device_name: str, body: Callable[[DistContext], Iterator[Event]]) -> Iterator[Event]:
-    """``body`` in this process's torchrun place; the process group and device memory released after."""
-    ctx = setup_distributed(device_name)
-    try:
-        yield from body(ctx)
-    finally:
-        ctx.close()
-        release_device_memory(ctx.device)
+# ---------------------------------------------------------------- 1. checks
 
 
-def open_run(cfg: Any, kind: str, check_resumable: Callable[[Any, dict[str, Any], Path], None]
-             ) -> tuple[RunFolder, dict[str, Any] | None, Any]:
-    """The run folder, the checkpoint to resume from (None for a new run) and the config to save."""
+def validate_training(cfg: TrainingConfig) -> None:
+    """The checks every training run makes (the runs check their own fields and the batch size)."""
+    if cfg.epochs < 1:
+        raise ConfigError(f"epochs must be at least 1, got {cfg.epochs}")
+    if cfg.steps_per_epoch is not None and cfg.steps_per_epoch < 1:
+        raise ConfigError(f"steps_per_epoch must be at least 1 (or empty for one pass over the tiles), got {cfg.steps_per_epoch}")
+    if cfg.optim.accumulate < 1:
+        raise ConfigError(f"optim.accumulate must be at least 1, got {cfg.optim.accumulate}")
+
+
+# ---------------------------------------------------------------- 2. the run folder
+
+
+def open_run(cfg: C, kind: str, check_resumable: Callable[[C, dict[str, Any], Path], None]
+             ) -> tuple[RunFolder, dict[str, Any] | None, C]:
+    """The run folder, the checkpoint to resume from (None for a new run) and the config to save.
+
+    ``check_resumable(cfg, payload, checkpoint_path)`` refuses a resume with settings the run cannot
+    continue with; it calls :func:`check_same_batches` and compares the run's own fields.
+    """
     run = RunFolder(cfg.resume or cfg.out)
     payload: dict[str, Any] | None = None
     if cfg.resume:
@@ -105,7 +102,7 @@ def open_run(cfg: Any, kind: str, check_resumable: Callable[[Any, dict[str, Any]
     return run, payload, dataclasses.replace(cfg, out=str(run.path), resume=None)
 
 
-def check_same_batches(cfg: Any, payload: dict[str, Any], where: Path) -> None:
+def check_same_batches(cfg: TrainingConfig, payload: dict[str, Any], where: Path) -> None:
     """A run stopped inside an epoch resumes only with the batches it was stopped with."""
     saved = payload.get("config") or {}
     if payload.get("step"):  # stopped inside an epoch: the rest of that epoch needs the same batches
@@ -117,97 +114,82 @@ def check_same_batches(cfg: Any, payload: dict[str, Any], where: Path) -> None:
                 )
 
 
-def validate_steps(cfg: Any) -> None:
-    if cfg.steps_per_epoch is not None and cfg.steps_per_epoch < 1:
-        raise ConfigError(f"steps_per_epoch must be at least 1 (or empty for one pass over the tiles), got {cfg.steps_per_epoch}")
-    if cfg.optim.accumulate < 1:
-        raise ConfigError(f"optim.accumulate must be at least 1, got {cfg.optim.accumulate}")
+# ---------------------------------------------------------------- 4. optimizer, schedule, precision, resume
 
 
-def plan_steps(cfg: Any, n_tiles: int, world_size: int) -> tuple[int, int, int]:
+@dataclass
+class Training:
+    """Everything :func:`train_epochs` drives, set up (and resumed) by :func:`prepare_training`."""
+
+    cfg: TrainingConfig  # a PretrainConfig or FinetuneConfig
+    cfg_run: TrainingConfig  # the config as saved in the run folder
+    ctx: DistContext
+    run: RunFolder
+    model: nn.Module  # wrapped for DDP under torchrun
+    params: list[Tensor]  # the trained parameters (gradient clipping)
+    optimizer: torch.optim.Optimizer
+    schedule: LambdaLR
+    precision: Precision
+    accumulate: int
+    steps: int  # optimizer steps per epoch
+    total_steps: int
+    n_tiles: int  # the dataset's size (the batch order draws from it)
+    data_filled: DataConfig  # the data config with the fitted normalization
+    normalization: dict[str, dict[str, float]]  # per segment path, saved for a resume
+    first_epoch: int = 0  # epochs already done
+    skip: int = 0  # steps already done inside the next epoch
+    partial: dict[str, Any] | None = None  # that epoch's state saved at the stop
+    summary_extra: dict[str, Any] = dataclasses.field(default_factory=dict)
+
+
+def plan_steps(cfg: TrainingConfig, n_tiles: int, world_size: int) -> tuple[int, int, int]:
     """(accumulate, optimizer steps per epoch, total steps)."""
     accumulate = int(cfg.optim.accumulate)
     steps = int(cfg.steps_per_epoch or max(1, n_tiles // (cfg.batch_size * accumulate * world_size)))
     return accumulate, steps, steps * cfg.epochs
 
 
-def schedule_and_precision(optimizer: torch.optim.Optimizer, cfg: Any, steps: int, total_steps: int,
-                           device: torch.device) -> tuple[WarmupCosine, Precision]:
-    schedule = WarmupCosine(optimizer, total_steps, round(cfg.optim.warmup_epochs * steps), cfg.optim.min_lr_ratio)
-    return schedule, Precision(device, cfg.amp)
+def prepare_training(cfg: TrainingConfig, cfg_run: TrainingConfig, ctx: DistContext, run: RunFolder,
+                     payload: dict[str, Any] | None, model: nn.Module, param_groups: list[dict[str, Any]],
+                     n_tiles: int, data_filled: DataConfig, normalization: dict[str, dict[str, float]],
+                     summary_extra: dict[str, Any] | None = None) -> Training:
+    """Plan the steps, build the optimizer over ``param_groups`` (see :func:`build_optimizer`), its
+    warm-up + cosine schedule and the precision; when resuming (``payload``), restore them and the RNG
+    state from the checkpoint and drop the run's metric lines after its epoch.
+
+    ``model`` (wrapped for DDP) already holds the checkpoint's weights: loading them is the run's job.
+    """
+    accumulate, steps, total_steps = plan_steps(cfg, n_tiles, ctx.world_size)
+    optimizer = build_optimizer(param_groups, cfg.optim)
+    schedule = schedule_for(optimizer, cfg.optim, steps, total_steps)
+    precision = Precision(ctx.device, cfg.amp)
+    first_epoch, skip, partial = 0, 0, None
+    if payload is not None:
+        optimizer.load_state_dict(payload["optimizer"])
+        schedule.load_state_dict(payload["scheduler"])
+        precision.load_state_dict(payload.get("scaler"))
+        restore_rng(payload.get("rng"))
+        first_epoch, skip, partial = int(payload["epoch"]), int(payload.get("step") or 0), payload.get("partial")
+        if ctx.is_main:
+            run.truncate_metrics(first_epoch)
+    params = [p for p in unwrap(model).parameters() if p.requires_grad]
+    return Training(cfg, cfg_run, ctx, run, model, params, optimizer, schedule, precision, accumulate, steps,
+                    total_steps, n_tiles, data_filled, normalization, first_epoch, skip, partial, dict(summary_extra or {}))
 
 
-def restore_training(payload: dict[str, Any] | None, optimizer: torch.optim.Optimizer, schedule: WarmupCosine,
-                     precision: Precision) -> tuple[int, int, dict[str, Any] | None]:
-    """Optimizer, schedule, scaler and RNG state from a checkpoint (the model's weights are the caller's);
-    returns (epochs done, steps done inside the next epoch, that epoch's partial state)."""
-    if payload is None:
-        return 0, 0, None
-    optimizer.load_state_dict(payload["optimizer"])
-    schedule.load_state_dict(payload["scheduler"])
-    precision.load_state_dict(payload.get("scaler"))
-    restore_rng(payload.get("rng"))
-    return int(payload["epoch"]), int(payload.get("step") or 0), payload.get("partial")
+# ---------------------------------------------------------------- 5. the loop
 
 
-def tile_label(tile: TileConfig) -> str:
-    return f"{tile.depth}x{tile.size}x{tile.size}"
-
-
-@dataclass
-class Training:
-    """Everything :func:`train_epochs` drives, set up (and resumed) by the run."""
-
-    cfg: Any  # PretrainConfig or FinetuneConfig
-    cfg_run: Any  # the config as saved in the run folder
-    ctx: DistContext
-    run: RunFolder
-    model: nn.Module  # wrapped for DDP under torchrun
-    params: list[Tensor]  # the trained parameters (gradient clipping)
-    optimizer: torch.optim.Optimizer
-    schedule: WarmupCosine
-    precision: Precision
-    accumulate: int
-    steps: int
-    total_steps: int
-    data_filled: Any  # the data config with the fitted normalization
-    normalization: dict[str, dict[str, float]]
-    first_epoch: int = 0
-    skip: int = 0
-    partial: dict[str, Any] | None = None
-    summary_extra: dict[str, Any] = dataclasses.field(default_factory=dict)
-
-
-def train_epochs(t: Training, task: RunSteps, dataset: Dataset, n_tiles: int) -> Iterator[Event]:
+def train_epochs(t: Training, task: RunSteps, dataset: Dataset) -> Iterator[Event]:
     """Train from ``t.first_epoch`` to ``cfg.epochs``, yielding events; see the pretraining module's docstring
     for stopping, resuming and failures."""
-    cfg, ctx, run, model, optimizer, schedule, precision = t.cfg, t.ctx, t.run, t.model, t.optimizer, t.schedule, t.precision
-    device = ctx.device
-    accumulate, steps = t.accumulate, t.steps
-    first_epoch, skip, partial = t.first_epoch, t.skip, t.partial
+    cfg, ctx, run = t.cfg, t.ctx, t.run
+    steps, first_epoch, skip, partial = t.steps, t.first_epoch, t.skip, t.partial
 
-    def make_payload(epoch: int, step: int, metrics: dict[str, float], partial_state: dict | None) -> dict[str, Any]:
-        return to_cpu({
-            **task.model_fields(unwrap(model)),
-            "tile": to_dict(cfg.tile),
-            "data": to_dict(t.data_filled),
-            "normalization": t.normalization,
-            "optimizer": optimizer.state_dict(),
-            "scheduler": schedule.state_dict(),
-            "scaler": precision.state_dict(),
-            "rng": capture_rng(),
-            "config": to_dict(t.cfg_run),
-            "epoch": epoch,
-            "step": step,
-            "metrics": {k: float(v) for k, v in metrics.items()},
-            "partial": partial_state,
-        })
-
-    batches = EpochBatches(n_tiles, cfg.batch_size, steps, accumulate, cfg.seed, ctx.rank, ctx.world_size)
-    loader = make_loader(dataset, batches, cfg.num_workers, pin_memory=device.type == "cuda")
+    batches = EpochBatches(t.n_tiles, cfg.batch_size, steps, t.accumulate, cfg.seed, ctx.rank, ctx.world_size)
+    loader = make_loader(dataset, batches, cfg.num_workers, pin_memory=ctx.device.type == "cuda")
     aug_gen = torch.Generator()
-    tile_text = tile_label(cfg.tile)
-    samples_per_step = cfg.batch_size * accumulate * ctx.world_size
+    samples_per_step = cfg.batch_size * t.accumulate * ctx.world_size
     last_metrics: dict[str, float] = {}
     t_run = time.perf_counter()
 
@@ -219,7 +201,8 @@ def train_epochs(t: Training, task: RunSteps, dataset: Dataset, n_tiles: int) ->
         return out
 
     try:
-        yield Started(run.path if ctx.is_main else None, describe_device(device), total_steps=t.total_steps, first_epoch=first_epoch)
+        yield Started(run.path if ctx.is_main else None, describe_device(ctx.device), total_steps=t.total_steps,
+                      first_epoch=first_epoch)
     except GeneratorExit:
         ctx.announce_stop(first_epoch < cfg.epochs)
         return
@@ -242,38 +225,11 @@ def train_epochs(t: Training, task: RunSteps, dataset: Dataset, n_tiles: int) ->
                     break
                 step += 1
                 t0 = time.perf_counter()
-                wait = 0.0
-                optimizer.zero_grad(set_to_none=True)
-                step_terms = {name: 0.0 for name in task.term_names}
-                try:
-                    for micro in range(accumulate):
-                        tw = time.perf_counter()
-                        batch = next(it)
-                        wait += time.perf_counter() - tw
-                        aug_gen.manual_seed(mix_seed(cfg.seed, epoch, step, micro, ctx.rank))
-                        with maybe_no_sync(model, micro < accumulate - 1):
-                            losses = task.losses(batch, aug_gen)
-                            if ctx.any(not bool(torch.isfinite(losses["loss"]))):
-                                failure = nonfinite_message(task.loss_name, epoch, step, schedule.lr)
-                                break
-                            precision.backward(losses["loss"] / accumulate)
-                        for k in step_terms:
-                            step_terms[k] += float(losses[k].detach()) / accumulate
-                    if failure is None:
-                        _, stepped = precision.step(optimizer, t.params, cfg.optim.grad_clip)
-                        if ctx.any(not stepped) and precision.scaler is None:
-                            failure = nonfinite_message("gradient", epoch, step, schedule.lr)
-                except RunError as exc:  # NaN/inf inputs or embeddings, found by the model or the loss
-                    failure = f"{exc} (epoch {epoch}, step {step}); the run stopped and its last good checkpoint is kept"
-                except Exception as exc:
-                    if not is_out_of_memory(exc):
-                        raise
-                    release_device_memory(device)
-                    failure = out_of_memory_message(device, cfg.batch_size, accumulate, tile_text)
+                step_terms, wait, failure = train_step(t, task, it, aug_gen, epoch, step)
                 if failure is not None:
                     break
-                lr = schedule.lr
-                schedule.step()
+                lr = current_lr(t.optimizer)
+                t.schedule.step()
                 meter.add(step_terms)
                 epoch_wait += wait
                 elapsed = max(time.perf_counter() - t0, 1e-9)
@@ -291,7 +247,8 @@ def train_epochs(t: Training, task: RunSteps, dataset: Dataset, n_tiles: int) ->
 
         if step < steps:  # stopped inside the epoch: keep the step reached, resume continues from it
             if ctx.is_main:
-                run.save(make_payload(epoch - 1, step, last_metrics, {"meter": meter.state_dict(), **task.partial_state()}),
+                run.save(checkpoint_payload(t, task, epoch - 1, step, last_metrics,
+                                            {"meter": meter.state_dict(), **task.partial_state()}),
                          completed_epoch=False)
             if stopped:
                 ctx.announce_stop(True)
@@ -306,7 +263,7 @@ def train_epochs(t: Training, task: RunSteps, dataset: Dataset, n_tiles: int) ->
         seconds = time.perf_counter() - t_epoch
         metrics = meter.means(ctx)
         metrics.update(task.train_metrics())
-        metrics["lr"] = schedule.lr
+        metrics["lr"] = current_lr(t.optimizer)
         metrics["seconds"] = seconds
         metrics["samples_per_s"] = (steps - skip) * samples_per_step / max(seconds, 1e-9)
         metrics["data_wait"] = epoch_wait / max(seconds, 1e-9)
@@ -318,7 +275,7 @@ def train_epochs(t: Training, task: RunSteps, dataset: Dataset, n_tiles: int) ->
         last_metrics = metrics
         checkpoint = None
         if ctx.is_main:
-            checkpoint = run.save(make_payload(epoch, 0, metrics, None), completed_epoch=True)
+            checkpoint = run.save(checkpoint_payload(t, task, epoch, 0, metrics, None), completed_epoch=True)
             run.append_metrics({"epoch": epoch, **metrics})
         skip, partial = 0, None
         if stopped:
@@ -335,3 +292,107 @@ def train_epochs(t: Training, task: RunSteps, dataset: Dataset, n_tiles: int) ->
         yield Finished(run.path if ctx.is_main else None, summary())
     except GeneratorExit:
         return
+
+
+def train_step(t: Training, task: RunSteps, it: Iterator, aug_gen: torch.Generator, epoch: int, step: int
+               ) -> tuple[dict[str, float], float, str | None]:
+    """One optimizer step over ``t.accumulate`` micro-batches from ``it``.
+
+    Returns the loss terms averaged over the micro-batches, the seconds spent waiting for data, and the
+    message to fail the run with (a NaN/inf loss or gradient, bad inputs, the device out of memory) or
+    None. Every rank takes the same branch: the NaN checks are all-reduced.
+    """
+    cfg, ctx, precision, accumulate = t.cfg, t.ctx, t.precision, t.accumulate
+    wait = 0.0
+    failure: str | None = None
+    t.optimizer.zero_grad(set_to_none=True)
+    step_terms = {name: 0.0 for name in task.term_names}
+    try:
+        for micro in range(accumulate):
+            tw = time.perf_counter()
+            batch = next(it)
+            wait += time.perf_counter() - tw
+            aug_gen.manual_seed(mix_seed(cfg.seed, epoch, step, micro, ctx.rank))
+            with maybe_no_sync(t.model, micro < accumulate - 1):
+                losses = task.losses(batch, aug_gen)
+                if ctx.any(not bool(torch.isfinite(losses["loss"]))):
+                    failure = nonfinite_message(task.loss_name, epoch, step, current_lr(t.optimizer))
+                    break
+                precision.backward(losses["loss"] / accumulate)
+            for k in step_terms:
+                step_terms[k] += float(losses[k].detach()) / accumulate
+        if failure is None:
+            _, stepped = precision.step(t.optimizer, t.params, cfg.optim.grad_clip)
+            if ctx.any(not stepped) and precision.scaler is None:
+                failure = nonfinite_message("gradient", epoch, step, current_lr(t.optimizer))
+    except RunError as exc:  # NaN/inf inputs or embeddings, found by the model or the loss
+        failure = f"{exc} (epoch {epoch}, step {step}); the run stopped and its last good checkpoint is kept"
+    except Exception as exc:
+        if not is_out_of_memory(exc):
+            raise
+        release_device_memory(ctx.device)
+        failure = out_of_memory_message(ctx.device, cfg)
+    return step_terms, wait, failure
+
+
+class Meter:
+    """Sums of per-step values over an epoch (and their count), restartable from a saved state."""
+
+    def __init__(self, state: dict[str, Any] | None = None) -> None:
+        self.sums: dict[str, float] = dict((state or {}).get("sums", {}))
+        self.count = int((state or {}).get("count", 0))
+
+    def add(self, values: dict[str, float]) -> None:
+        for k, v in values.items():
+            self.sums[k] = self.sums.get(k, 0.0) + float(v)
+        self.count += 1
+
+    def means(self, ctx: DistContext | None = None) -> dict[str, float]:
+        """Means over the steps of every rank (one all-reduce under DDP)."""
+        keys = sorted(self.sums)
+        values = [self.sums[k] for k in keys] + [float(self.count)]
+        if ctx is not None:
+            values = ctx.all_reduce_sum(values)
+        count = max(values[-1], 1.0)
+        return {k: v / count for k, v in zip(keys, values[:-1])}
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"sums": dict(self.sums), "count": self.count}
+
+
+# ---------------------------------------------------------------- checkpoints
+
+
+def checkpoint_payload(t: Training, task: RunSteps, epoch: int, step: int, metrics: dict[str, float],
+                       partial_state: dict[str, Any] | None) -> dict[str, Any]:
+    """The checkpoint after ``epoch`` epochs and ``step`` steps of the next (see docs/architecture.md)."""
+    return to_cpu({
+        **task.model_fields(unwrap(t.model)),
+        "tile": to_dict(t.cfg.tile),
+        "data": to_dict(t.data_filled),
+        "normalization": t.normalization,
+        "optimizer": t.optimizer.state_dict(),
+        "scheduler": t.schedule.state_dict(),
+        "scaler": t.precision.state_dict(),
+        "rng": capture_rng(),
+        "config": to_dict(t.cfg_run),
+        "epoch": epoch,
+        "step": step,
+        "metrics": {k: float(v) for k, v in metrics.items()},
+        "partial": partial_state,
+    })
+
+
+def to_cpu(obj: Any) -> Any:
+    """A copy of nested dicts/lists of tensors with every tensor on the CPU (checkpoints load anywhere)."""
+    if isinstance(obj, Tensor):
+        return obj.detach().cpu().clone() if obj.device.type != "cpu" else obj.detach().clone()
+    if isinstance(obj, dict):
+        return {k: to_cpu(v) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [to_cpu(v) for v in obj]
+    if isinstance(obj, tuple):
+        return tuple(to_cpu(v) for v in obj)
+    if isinstance(obj, (np.floating, np.integer)):
+        return obj.item()
+    return obj

@@ -7,7 +7,7 @@ each band of output chunk rows as soon as no later tile touches it. Memory holds
 rows, one block of input read for a stretch of a tile row (at most ``_TileReader.BLOCK_VOXELS``) and two
 batches of tiles, whatever the segment's size (plus the segment's 2D mask, which ``open_segment``
 holds). Several checkpoints give one array each in the same group (see ``prediction_store``), named
-after their run folder or file.
+after their run folder or file (a repeated name gets ``-2``, ``-3``: ``naming.unique_names``).
 
 Mean or Gaussian? With the default stride (``size - 2 edge``) every pixel lies in exactly one kept
 centre and the two are the same. Where kept centres overlap, Gaussian weights (normalized by their sum)
@@ -69,6 +69,8 @@ from napari_vesuvius_pt.engine.tiling import (
     weight_map,
 )
 from napari_vesuvius_pt.errors import ConfigError, SegmentError
+from napari_vesuvius_pt.models.sources import checkpoint_in_run
+from napari_vesuvius_pt.naming import unique_names
 
 
 @dataclass
@@ -97,15 +99,6 @@ def checkpoint_label(path: str | Path) -> str:
     else:
         label = p.stem
     return re.sub(r"[^A-Za-z0-9._-]+", "_", label).strip("._") or "prediction"
-
-
-def _unique(names: Sequence[str]) -> list[str]:
-    seen: dict[str, int] = {}
-    out = []
-    for name in names:
-        seen[name] = seen.get(name, 0) + 1
-        out.append(name if seen[name] == 1 else f"{name}-{seen[name]}")
-    return out
 
 
 def load_predictor(path: str | Path, name: str | None = None, data: DataConfig | None = None) -> InkPredictor:
@@ -140,8 +133,6 @@ def _fingerprint(checkpoint: str) -> str:
         return ""
     path = Path(checkpoint).expanduser()
     if path.is_dir():
-        from napari_vesuvius_pt.models.checkpoint import checkpoint_in_run
-
         path = checkpoint_in_run(path)
     if not path.is_file():
         return checkpoint
@@ -386,7 +377,7 @@ def predict(cfg: PredictConfig, predictors: Sequence[InkPredictor] | None = None
         names = cfg.names or [checkpoint_label(c) for c in cfg.checkpoints]
         if len(names) != len(cfg.checkpoints):
             raise ConfigError(f"{len(names)} names given for {len(cfg.checkpoints)} checkpoints")
-        predictors = [load_predictor(c, n, cfg.data) for c, n in zip(cfg.checkpoints, _unique(names))]
+        predictors = [load_predictor(c, n, cfg.data) for c, n in zip(cfg.checkpoints, unique_names(names))]
     elif len({p.name for p in predictors}) != len(predictors):
         raise ConfigError(f"predictor names must differ: {[p.name for p in predictors]}")
 

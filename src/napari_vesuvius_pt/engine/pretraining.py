@@ -25,30 +25,15 @@ from torch import Tensor, nn
 
 from napari_vesuvius_pt.config import PretrainConfig, to_dict
 from napari_vesuvius_pt.data.augment import augment_batch
-from napari_vesuvius_pt.engine.datasets import PretrainViews, open_source, tile_index
+from napari_vesuvius_pt.engine.datasets import PretrainViews, TileSource, open_source, tile_index
+from napari_vesuvius_pt.engine.distributed import DistContext, run_distributed, wrap_ddp
 from napari_vesuvius_pt.engine.events import Event
-from napari_vesuvius_pt.engine.loop import (
-    Training,
-    check_same_batches,
-    open_run,
-    plan_steps,
-    restore_training,
-    run_distributed,
-    schedule_and_precision,
-    train_epochs,
-    validate_steps,
-)
-from napari_vesuvius_pt.engine.training import (
-    DistContext,
-    Precision,
-    build_optimizer,
-    embedding_stats,
-    seed_everything,
-    wrap_ddp,
-)
+from napari_vesuvius_pt.engine.loop import check_same_batches, open_run, prepare_training, train_epochs, validate_training
+from napari_vesuvius_pt.engine.precision import Precision
+from napari_vesuvius_pt.engine.rng import seed_everything
 from napari_vesuvius_pt.errors import ConfigError, RunError
 from napari_vesuvius_pt.models.encoder import build_encoder
-from napari_vesuvius_pt.models.vicreg import Expander, vicreg_loss
+from napari_vesuvius_pt.models.vicreg import Expander, embedding_stats, vicreg_loss
 
 MONITOR_ROWS = 1024  # pooled embeddings kept per epoch for the collapse monitor
 
@@ -69,11 +54,9 @@ class VICRegNet(nn.Module):
 def validate_pretrain_config(cfg: PretrainConfig) -> None:
     if not cfg.segments:
         raise ConfigError("no segments to pretrain on; give one or more with --segments PATH ...")
-    if cfg.epochs < 1:
-        raise ConfigError(f"epochs must be at least 1, got {cfg.epochs}")
+    validate_training(cfg)
     if cfg.batch_size < 2:
         raise ConfigError(f"VICReg needs a batch of at least 2 tiles to measure variance, got batch size {cfg.batch_size}")
-    validate_steps(cfg)
     if cfg.tile.depth < 1 or cfg.tile.size < 16:
         raise ConfigError(f"tiles must have at least 1 layer and 16 pixels a side, got {cfg.tile.depth}x{cfg.tile.size}x{cfg.tile.size}")
     if cfg.augment.max_z_shift < 0:
@@ -93,7 +76,6 @@ def _check_resumable(cfg: PretrainConfig, payload: dict[str, Any], where: Path) 
                 + ", ".join(f"{k}={before[k]!r}" for k in diff)
                 + f", not {', '.join(f'{k}={now[k]!r}' for k in diff)}; resume with the run's own config.yaml"
             )
-
 
 
 class _VICRegSteps:
@@ -154,46 +136,43 @@ def pretrain(cfg: PretrainConfig) -> Iterator[Event]:
 
 
 def _pretrain(cfg: PretrainConfig, ctx: DistContext) -> Iterator[Event]:
-    device = ctx.device
     run, payload, cfg_run = open_run(cfg, "pretrain", _check_resumable)
-
-    # ---- data
-    max_shift = int(cfg.augment.max_z_shift)
     saved_norm = (payload or {}).get("normalization") or {}
-    sources = [
-        open_source(p, cfg.data, cfg.tile, max_shift, cfg.mask_erosion, saved_norm.get(str(p)) or cfg.data.normalization_params)
-        for p in cfg.segments
-    ]
+    sources = _open_sources(cfg, saved_norm)
     index = tile_index(sources)
     if len(index) == 0:
         raise ConfigError(
             f"no {cfg.tile.size}x{cfg.tile.size} tile lies inside the masks of the segments (min_mask_fraction "
             f"{cfg.tile.min_mask_fraction}, mask_erosion {cfg.mask_erosion}); use smaller tiles or a lower min_mask_fraction"
         )
-    accumulate, steps, total_steps = plan_steps(cfg, len(index), ctx.world_size)
-    data_filled = dataclasses.replace(cfg.data, normalization_params=dict(sources[0].normalizer.params))
-    normalization = {s.path: dict(s.normalizer.params) for s in sources}
+    net = _build_net(cfg, payload).to(ctx.device)
+    model = wrap_ddp(net, ctx)
+    training = prepare_training(
+        cfg, cfg_run, ctx, run, payload, model, [{"params": list(net.parameters())}], len(index),
+        data_filled=dataclasses.replace(cfg.data, normalization_params=dict(sources[0].normalizer.params)),
+        normalization={s.path: dict(s.normalizer.params) for s in sources},
+    )
+    if ctx.is_main:
+        run.create(cfg_run, fresh=payload is None)
+    dataset = PretrainViews(sources, index, cfg.tile.depth, cfg.tile.size, int(cfg.augment.max_z_shift), cfg.augment.same_z_shift)
+    yield from train_epochs(training, _VICRegSteps(cfg, model, ctx, training.precision), dataset)
 
-    # ---- model and optimizer
+
+def _open_sources(cfg: PretrainConfig, saved_norm: dict[str, dict[str, float]]) -> list[TileSource]:
+    """The segments with their tile grids; a resumed run keeps the normalization it was fitted with."""
+    return [
+        open_source(p, cfg.data, cfg.tile, int(cfg.augment.max_z_shift), cfg.mask_erosion,
+                    saved_norm.get(str(p)) or cfg.data.normalization_params)
+        for p in cfg.segments
+    ]
+
+
+def _build_net(cfg: PretrainConfig, payload: dict[str, Any] | None) -> VICRegNet:
+    """A fresh encoder and expander from the run's seed, holding the checkpoint's weights when resuming."""
     seed_everything(cfg.seed)
     encoder = build_encoder(cfg.encoder.name, cfg.encoder.in_channels, cfg.encoder.widen_factor)
     expander = Expander(encoder.embedding_dim, cfg.vicreg.expander)
-    net = VICRegNet(encoder, expander).to(device)
-    optimizer = build_optimizer([{"params": list(net.parameters())}], cfg.optim)
-    schedule, precision = schedule_and_precision(optimizer, cfg, steps, total_steps, device)
     if payload is not None:
         encoder.load_state_dict(payload["encoder"])
         expander.load_state_dict(payload["expander"])
-    first_epoch, skip, partial = restore_training(payload, optimizer, schedule, precision)
-    model = wrap_ddp(net, ctx)
-    params = [p for p in net.parameters() if p.requires_grad]
-
-    if ctx.is_main:
-        run.create(cfg_run, fresh=payload is None)
-        if payload is not None:
-            run.truncate_metrics(first_epoch)
-
-    training = Training(cfg, cfg_run, ctx, run, model, params, optimizer, schedule, precision, accumulate, steps,
-                        total_steps, data_filled, normalization, first_epoch, skip, partial)
-    dataset = PretrainViews(sources, index, cfg.tile.depth, cfg.tile.size, max_shift, cfg.augment.same_z_shift)
-    yield from train_epochs(training, _VICRegSteps(cfg, model, ctx, precision), dataset, len(index))
+    return VICRegNet(encoder, expander)

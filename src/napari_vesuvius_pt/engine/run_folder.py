@@ -10,19 +10,16 @@ from __future__ import annotations
 
 import json
 import math
-import re
 from pathlib import Path
 from typing import Any
 
 from napari_vesuvius_pt._atomic import atomic_write_text
 from napari_vesuvius_pt.config import save_config
-from napari_vesuvius_pt.errors import RunError
+from napari_vesuvius_pt.errors import RunError, WeightsError
+from napari_vesuvius_pt.models.sources import CHECKPOINTS, LAST, epoch_checkpoints, latest_checkpoint
 
 CONFIG = "config.yaml"
-LAST = "last.pt"
 METRICS = "metrics.jsonl"
-CHECKPOINTS = "checkpoints"
-_EPOCH_FILE = re.compile(r"^epoch_(\d+)\.pt$")
 
 
 def _jsonable(value: Any) -> Any:
@@ -119,22 +116,14 @@ class RunFolder:
 
     def epoch_checkpoints(self) -> list[Path]:
         """``checkpoints/epoch_NNN.pt`` files in epoch order."""
-        folder = self.path / CHECKPOINTS
-        if not folder.is_dir():
-            return []
-        found = [(int(m.group(1)), p) for p in folder.iterdir() if (m := _EPOCH_FILE.match(p.name))]
-        return [p for _, p in sorted(found)]
+        return epoch_checkpoints(self.path)
 
     def latest_checkpoint(self) -> Path | None:
         """``last.pt`` (the newest state, possibly mid-epoch), else the newest epoch file, else None."""
-        if self.last_path.is_file():
-            return self.last_path
-        epochs = self.epoch_checkpoints()
-        return epochs[-1] if epochs else None
+        return latest_checkpoint(self.path)
 
     def load_latest(self, kind: str) -> tuple[Path, dict[str, Any]]:
         """The newest checkpoint and its payload, for ``--resume``; RunError when there is none to resume."""
-        from napari_vesuvius_pt.errors import WeightsError
         from napari_vesuvius_pt.models.checkpoint import load_checkpoint
 
         if not self.path.is_dir():

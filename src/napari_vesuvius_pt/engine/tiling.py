@@ -18,9 +18,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from napari_vesuvius_pt.config import WEIGHTINGS
 from napari_vesuvius_pt.errors import ConfigError, SegmentError
 
-WEIGHTINGS = ("mean", "gaussian")
 GAUSSIAN_SIGMA_SCALE = 0.125  # sigma as a fraction of the kept centre's side (MONAI's default)
 GAUSSIAN_MIN_WEIGHT = 1e-3  # floor, relative to the peak: no pixel of a kept centre is ever ignored
 
@@ -216,25 +216,6 @@ class RowBandAccumulator:
         self._sum, self._weight = self._sum[n:].copy(), self._weight[n:].copy()
         self.start += n
         return values, covered
-
-
-def block_fraction(a: np.ndarray, r: int, band_rows: int = 4096) -> np.ndarray:
-    """The mean of ``a`` over each ``r x r`` block (partial blocks at the far borders averaged over what
-    they hold): labels and masks brought to a model's reduced output grid. Works a band at a time."""
-    if r == 1:
-        return np.asarray(a, dtype=np.float32)
-    h, w = a.shape
-    out = np.empty((math.ceil(h / r), math.ceil(w / r)), np.float32)
-    col_idx = np.arange(0, w, r)
-    col_counts = np.diff(np.append(col_idx, w)).astype(np.float32)
-    band = max(r, band_rows - band_rows % r)
-    for y in range(0, h, band):
-        chunk = np.asarray(a[y:y + band])
-        row_idx = np.arange(0, chunk.shape[0], r)
-        row_counts = np.diff(np.append(row_idx, chunk.shape[0])).astype(np.float32)
-        sums = np.add.reduceat(np.add.reduceat(chunk, row_idx, axis=0, dtype=np.float64), col_idx, axis=1)
-        out[y // r:y // r + len(row_idx)] = sums / np.outer(row_counts, col_counts)
-    return out
 
 
 def region_mask(polygons: list[np.ndarray], plane: tuple[int, int], downsample: int = 1,

@@ -1,18 +1,20 @@
-"""Our checkpoints (written atomically, read with ``weights_only=True``) and encoders by origin.
+"""Our checkpoints (written atomically, read with ``weights_only=True``) and encoders by source.
 
-An encoder source is one of:
+An encoder source is parsed by :func:`napari_vesuvius_pt.models.sources.parse_source`:
 
 - ``random`` or ``random:resnet50``: a fresh encoder (the spec given, or the default);
 - ``k700:FILE`` (also ``k400:FILE``, ``kinetics:FILE``): a 3D-ResNets-PyTorch Kinetics checkpoint;
 - a run folder: its ``last.pt``, else its newest ``checkpoints/epoch_*.pt``;
 - a checkpoint or weights file: ours are rebuilt from their ``encoder_spec``; anything else is read
   as a Kinetics or plain state dict.
+
+The format tag lives in ``models.weights`` (``CHECKPOINT_FORMAT``) and the run folder's checkpoint
+finder in ``models.sources`` (``checkpoint_in_run``); both are importable from here as before.
 """
 
 from __future__ import annotations
 
 import os
-import re
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -21,18 +23,29 @@ import torch
 from napari_vesuvius_pt._atomic import atomic_torch_save
 from napari_vesuvius_pt.config import EncoderConfig, from_dict, to_dict
 from napari_vesuvius_pt.errors import ConfigError, WeightsError
-from napari_vesuvius_pt.models.encoder import Encoder, encoder_from_spec
+from napari_vesuvius_pt.models.encoder import ARCHITECTURES, Encoder, encoder_from_spec
 from napari_vesuvius_pt.models.head import InkModel
+from napari_vesuvius_pt.models.sources import KINETICS_PREFIXES, checkpoint_in_run, parse_source
 from napari_vesuvius_pt.models.weights import (
+    CHECKPOINT_FORMAT,
     FORMAT_OURS,
+    check_checkpoint_format,
     describe_architecture,
     extract_state_dict,
+    is_our_checkpoint,
     load_state_into,
     read_weights_file,
 )
 
-CHECKPOINT_FORMAT = "napari-vesuvius-pt/1"
-KINETICS_PREFIXES = ("k700:", "k400:", "kinetics:")
+__all__ = [
+    "CHECKPOINT_FORMAT",
+    "KINETICS_PREFIXES",
+    "checkpoint_in_run",
+    "encoder_from_source",
+    "ink_model_from_checkpoint",
+    "load_checkpoint",
+    "save_checkpoint",
+]
 
 _SAFE_SCALARS = (str, int, float, bool, type(None))  # exact types: numpy's float64 subclasses float but is refused
 _SAFE_OBJECTS = (torch.Tensor, torch.dtype, torch.device, torch.Size)
@@ -70,31 +83,13 @@ def save_checkpoint(path: str | os.PathLike, payload: dict[str, Any]) -> Path:
 def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
     """One of our checkpoints as a dict; :class:`WeightsError` if missing, corrupt or not ours."""
     obj = read_weights_file(path)
-    if not isinstance(obj, dict) or not str(obj.get("format", "")).startswith("napari-vesuvius-pt"):
+    if not isinstance(obj, dict) or not is_our_checkpoint(obj):
         raise WeightsError(
             f"{path} is not a napari-vesuvius-pt checkpoint (it has no 'format' entry of ours); "
             "for Kinetics weights use the source k700:FILE"
         )
-    if obj["format"] != CHECKPOINT_FORMAT:
-        raise WeightsError(f"{path} was written as {obj['format']!r}; this version reads {CHECKPOINT_FORMAT!r}")
+    check_checkpoint_format(obj, str(path))
     return obj
-
-
-def _epoch_number(p: Path) -> int:
-    m = re.search(r"epoch_(\d+)", p.stem)
-    return int(m.group(1)) if m else -1
-
-
-def checkpoint_in_run(run: str | os.PathLike) -> Path:
-    """A run folder's ``last.pt``, else its newest ``checkpoints/epoch_*.pt``."""
-    run = Path(run)
-    last = run / "last.pt"
-    if last.is_file():
-        return last
-    epochs = sorted((run / "checkpoints").glob("epoch_*.pt"), key=_epoch_number)
-    if epochs:
-        return epochs[-1]
-    raise WeightsError(f"run folder {run} holds no checkpoint (no last.pt, no checkpoints/epoch_*.pt)")
 
 
 def _spec_from_payload(payload: Mapping[str, Any], where: str) -> EncoderConfig:
@@ -109,8 +104,6 @@ def _spec_from_payload(payload: Mapping[str, Any], where: str) -> EncoderConfig:
 
 def _spec_from_state(state: Mapping[str, torch.Tensor], where: str) -> EncoderConfig:
     """Infer depth and width from a trunk state dict (a Kinetics file named without a spec)."""
-    from napari_vesuvius_pt.models.encoder import ARCHITECTURES
-
     desc = describe_architecture(state) or ""
     name = desc.split(" ")[0]
     if name not in ARCHITECTURES:
@@ -144,30 +137,23 @@ def encoder_from_source(source: str, spec: EncoderConfig | None = None) -> tuple
     ``spec`` chooses depth and width for ``random`` and for Kinetics files (inferred from the file
     when None). Our checkpoints rebuild the encoder they were trained with; ``spec`` is then ignored.
     """
-    source = str(source).strip()
-    if not source:
-        raise ConfigError("no encoder origin given; use random, k700:FILE, a run folder or a checkpoint file")
-    if source == "random" or source.startswith("random:"):
+    parsed = parse_source(source)
+    if parsed.kind == "random":
         spec = spec if spec is not None else EncoderConfig()
-        name = source.partition(":")[2]
-        if name:
-            spec = EncoderConfig(name=name, widen_factor=spec.widen_factor, in_channels=spec.in_channels)
+        if parsed.arch:
+            spec = EncoderConfig(name=parsed.arch, widen_factor=spec.widen_factor, in_channels=spec.in_channels)
         encoder = encoder_from_spec(spec)
-        return encoder, {"origin": "random", "source": source, "spec": to_dict(encoder.spec)}
-    for prefix in KINETICS_PREFIXES:
-        if source.lower().startswith(prefix):
-            path = Path(source[len(prefix):]).expanduser()
-            return _encoder_from_file(path, spec, origin=prefix[:-1].lower())
-    path = Path(source).expanduser()
-    if path.is_dir():
-        ckpt = checkpoint_in_run(path)
-        encoder, info = _encoder_from_file(ckpt, spec, origin="checkpoint")
-        info["run"] = str(path)
+        return encoder, {"origin": "random", "source": parsed.text, "spec": to_dict(encoder.spec)}
+    if parsed.kind == "kinetics":
+        return _encoder_from_file(parsed.path, spec, origin=parsed.label)
+    if parsed.kind == "run":
+        encoder, info = _encoder_from_file(checkpoint_in_run(parsed.path), spec, origin="checkpoint")
+        info["run"] = str(parsed.path)
         return encoder, info
-    if path.is_file():
-        return _encoder_from_file(path, spec, origin="weights")
+    if parsed.kind == "file":
+        return _encoder_from_file(parsed.path, spec, origin="weights")
     raise WeightsError(
-        f"encoder origin {source!r} is neither random, k700:FILE, an existing run folder nor a checkpoint file"
+        f"encoder origin {parsed.text!r} is neither random, k700:FILE, an existing run folder nor a checkpoint file"
     )
 
 

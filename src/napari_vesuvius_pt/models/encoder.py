@@ -17,10 +17,9 @@ import torch
 from monai.networks.nets.resnet import ResNet, ResNetBlock, ResNetBottleneck, get_inplanes
 from torch import Tensor
 
-from napari_vesuvius_pt.config import EncoderConfig
+from napari_vesuvius_pt.config import ENCODER_NAMES, EncoderConfig
 from napari_vesuvius_pt.errors import ConfigError, RunError
 
-ENCODER_NAMES = ("resnet10", "resnet18", "resnet34", "resnet50")
 STAGES = ("layer1", "layer2", "layer3", "layer4")
 
 # name -> (block, blocks per stage); the same table as 3D-ResNets-PyTorch's generate_model.

@@ -17,10 +17,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from napari_vesuvius_pt.config import OUTPUT_STRIDES
 from napari_vesuvius_pt.errors import ConfigError
 from napari_vesuvius_pt.models.encoder import STAGES, Encoder
 
-OUTPUT_STRIDES = (1, 2, 4, 8)
 STAGE_STRIDE = {"layer1": 4, "layer2": 8, "layer3": 16, "layer4": 32}
 
 

@@ -12,6 +12,7 @@ variance term; this one keeps it, as the paper and the reference code do.
 
 from __future__ import annotations
 
+import math
 from typing import NamedTuple, Sequence
 
 import torch
@@ -145,3 +146,27 @@ class Expander(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         return self.net(x)
+
+
+# ---------------------------------------------------------------- collapse monitor
+
+
+@torch.no_grad()
+def embedding_stats(z: Tensor) -> dict[str, float]:
+    """Collapse monitor on pooled embeddings ``(N, dim)``.
+
+    ``embedding_std``: mean per-dimension standard deviation; ``embedding_std_norm``: the same on
+    L2-normalized embeddings times sqrt(dim) (1 for well spread embeddings, 0 for a collapse);
+    ``effective_rank``: exp of the entropy of the normalized singular values of the centred embeddings
+    (RankMe; between 1 and min(N, dim)).
+    """
+    z = z.float()
+    if z.shape[0] < 2:
+        return {"embedding_std": float("nan"), "embedding_std_norm": float("nan"), "effective_rank": float("nan")}
+    std = z.std(dim=0).mean()
+    zn = torch.nn.functional.normalize(z, dim=1)
+    std_norm = zn.std(dim=0).mean() * math.sqrt(z.shape[1])
+    s = torch.linalg.svdvals(z - z.mean(dim=0))
+    p = s / s.sum().clamp_min(1e-12)
+    entropy = -(p * torch.log(p.clamp_min(1e-12))).sum()
+    return {"embedding_std": float(std), "embedding_std_norm": float(std_norm), "effective_rank": float(torch.exp(entropy))}

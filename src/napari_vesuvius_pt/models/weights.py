@@ -31,6 +31,7 @@ from napari_vesuvius_pt.errors import WeightsError
 FORMAT_3D_RESNETS = "3d-resnets-pytorch"
 FORMAT_OURS = "napari-vesuvius-pt"
 FORMAT_PLAIN = "plain"
+CHECKPOINT_FORMAT = "napari-vesuvius-pt/1"  # the version of our checkpoints this code reads and writes
 
 _IGNORED_PREFIXES = ("fc.",)  # the Kinetics classifier: not part of the trunk
 _OPTIONAL_SUFFIX = ".num_batches_tracked"  # absent from checkpoints older than PyTorch 0.4.1; harmless
@@ -86,6 +87,17 @@ def read_weights_file(path: str | os.PathLike) -> Any:
         ) from None
 
 
+def is_our_checkpoint(obj: Any) -> bool:
+    """A loaded object carries our ``format`` tag (of any version)."""
+    return isinstance(obj, Mapping) and str(obj.get("format", "")).startswith(FORMAT_OURS)
+
+
+def check_checkpoint_format(obj: Mapping[str, Any], where: str) -> None:
+    """Refuse one of our checkpoints written in another version of the format."""
+    if obj["format"] != CHECKPOINT_FORMAT:
+        raise WeightsError(f"{where} was written as {obj['format']!r}; this version reads {CHECKPOINT_FORMAT!r}")
+
+
 def _strip_prefix(state: Mapping[str, Any], prefix: str) -> dict[str, Any]:
     if state and all(k.startswith(prefix) for k in state):
         return {k[len(prefix):]: v for k, v in state.items()}
@@ -100,15 +112,11 @@ def _is_state_dict(obj: Any) -> bool:
 
 def extract_state_dict(obj: Any, where: str = "file") -> tuple[str, dict[str, Tensor], dict[str, Any]]:
     """(source_format, trunk state dict with prefixes removed, metadata) from a loaded weights object."""
-    from napari_vesuvius_pt.models.checkpoint import CHECKPOINT_FORMAT
-
     if not isinstance(obj, Mapping):
         raise WeightsError(f"{where} holds a {type(obj).__name__}, not a state dict or checkpoint")
     meta: dict[str, Any] = {}
-    fmt_tag = obj.get("format")
-    if isinstance(fmt_tag, str) and fmt_tag.startswith("napari-vesuvius-pt"):
-        if fmt_tag != CHECKPOINT_FORMAT:
-            raise WeightsError(f"{where} was written as {fmt_tag!r}; this version reads {CHECKPOINT_FORMAT!r}")
+    if is_our_checkpoint(obj):
+        check_checkpoint_format(obj, where)
         state = obj.get("encoder")
         if not _is_state_dict(state):
             raise WeightsError(f"{where} is one of our checkpoints but holds no encoder weights")

@@ -7,17 +7,15 @@ checkpoints folder and adds each new epoch (the engine caches features, so that 
 
 from __future__ import annotations
 
-import csv
 import shlex
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
-import numpy as np
 from qtpy.QtCore import QTimer
 from qtpy.QtWidgets import QCheckBox, QFileDialog, QHBoxLayout, QPushButton, QWidget
 
-from napari_vesuvius_pt._atomic import atomic_write_text
-from napari_vesuvius_pt.config import CKAConfig
+from napari_vesuvius_pt.analysis.cka_io import write_matrix_csv
+from napari_vesuvius_pt.config import CKA_LAYERS, DEFAULT_RUNS_DIR, CKAConfig
 from napari_vesuvius_pt.engine.events import Event, MatrixUpdated, Started
 from napari_vesuvius_pt.errors import ConfigError
 from napari_vesuvius_pt.ui.device_choice import DeviceChoice
@@ -27,23 +25,9 @@ from napari_vesuvius_pt.ui.notify import notify_error, notify_info
 from napari_vesuvius_pt.ui.plots import HeatmapPair
 from napari_vesuvius_pt.ui.segment_registry import PRETRAIN
 
-LAYERS = ("pooled", "layer1", "layer2", "layer3", "layer4")  # engine.cka_run.LAYERS (kept here: no torch at import)
 MIN_TILES = 4
-DEFAULT_OUT = Path.home() / "vesuvius-runs" / "cka"
+DEFAULT_OUT = DEFAULT_RUNS_DIR / "cka"
 POLL_MS = 10_000
-
-
-def write_matrix_csv(path: str | Path, names: Sequence[str], matrix: np.ndarray) -> Path:
-    """A square CSV: the names as the header row and the first column."""
-    import io
-
-    buffer = io.StringIO()
-    writer = csv.writer(buffer, lineterminator="\n")
-    writer.writerow(["", *names])
-    for name, row in zip(names, np.asarray(matrix, dtype=float)):
-        writer.writerow([name, *(f"{v:.6f}" if np.isfinite(v) else "nan" for v in row)])
-    atomic_write_text(path, buffer.getvalue())
-    return Path(path)
 
 
 class CKAWidget(JobWidget):
@@ -64,7 +48,7 @@ class CKAWidget(JobWidget):
         self.segment = PathField(FILE_OR_FOLDER, "segment the probe tiles come from", title="Segment",
                                  suggestions=True)
         self.tiles = spin(MIN_TILES, 100_000, d.tiles, "Probe tiles (same positions for every checkpoint)")
-        self.layer = combo(LAYERS, d.layer, "pooled embedding, or a stage's feature map pooled to 1×2×2")
+        self.layer = combo(CKA_LAYERS, d.layer, "pooled embedding, or a stage's feature map pooled to 1×2×2")
         self.debiased = QCheckBox("debiased")
         self.debiased.setToolTip("The unbiased (U-statistic) estimator; the biased one drifts toward 1 when "
                                  "features outnumber probe tiles")

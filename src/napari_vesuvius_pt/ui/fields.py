@@ -24,6 +24,8 @@ from qtpy.QtWidgets import (
     QWidget,
 )
 
+from napari_vesuvius_pt.naming import next_free
+
 FILE, FOLDER, SAVE_FILE, FILE_OR_FOLDER = "file", "folder", "save-file", "file-or-folder"
 _NARROW = "QAbstractSpinBox { min-width: 44px; }"  # napari's theme asks 90 px, too wide for three in a row
 
@@ -271,9 +273,4 @@ def next_free_folder(path: str | Path) -> Path:
 
     if not used(path):
         return path
-    stem = path.name
-    base = stem.rsplit("-", 1)[0] if stem.rsplit("-", 1)[-1].isdigit() else stem
-    n = 2
-    while used(path.with_name(f"{base}-{n}")):
-        n += 1
-    return path.with_name(f"{base}-{n}")
+    return path.with_name(next_free(path.name, lambda name: used(path.with_name(name))))

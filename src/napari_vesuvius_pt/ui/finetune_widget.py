@@ -13,11 +13,17 @@ from pathlib import Path
 import numpy as np
 from qtpy.QtWidgets import QCheckBox, QPushButton, QWidget
 
-from napari_vesuvius_pt.config import EncoderConfig, FinetuneConfig, OptimConfig, TileConfig
-from napari_vesuvius_pt.data.normalize import NORMALIZATIONS
-from napari_vesuvius_pt.engine.events import EpochDone, Event, PreviewReady, StepDone
+from napari_vesuvius_pt.config import (
+    ENCODER_NAMES,
+    NORMALIZATIONS,
+    OUTPUT_STRIDES,
+    EncoderConfig,
+    FinetuneConfig,
+    OptimConfig,
+    TileConfig,
+)
+from napari_vesuvius_pt.engine.events import EpochDone, Event, PreviewReady
 from napari_vesuvius_pt.errors import ConfigError
-from napari_vesuvius_pt.models.encoder import ENCODER_NAMES
 from napari_vesuvius_pt.ui.device_choice import DeviceChoice
 from napari_vesuvius_pt.ui.fields import (
     FILE_OR_FOLDER,
@@ -38,7 +44,7 @@ from napari_vesuvius_pt.ui.segment_registry import TRAIN, VALIDATION
 REGIONS_LAYER = "validation regions"
 PREVIEW_LAYER = "ink preview"
 REGIONS_FILE = "val_region.json"  # the engine keeps the regions under this name in the run folder
-DEFAULT_RUN = Path.home() / "vesuvius-runs" / "finetune"
+DEFAULT_RUN = Path(FinetuneConfig().out)  # under config.DEFAULT_RUNS_DIR
 ORIGINS = (
     ("random", "random initialization"),
     ("k700", "Kinetics-700 weights file"),
@@ -76,7 +82,7 @@ class FinetuneWidget(JobWidget):
         self.encoder = combo(ENCODER_NAMES, d.encoder.name, "Architecture (a run or checkpoint brings its own)")
         self.widen = dspin(0.125, 4.0, d.encoder.widen_factor, 3, 0.125, "Width multiplier")
         self.freeze = QCheckBox("freeze the encoder (train the head only)")
-        self.output_stride = combo([1, 2, 4, 8], d.output_stride, "Ink is predicted at 1/stride of the tile size")
+        self.output_stride = combo(OUTPUT_STRIDES, d.output_stride, "Ink is predicted at 1/stride of the tile size")
         self.tile_depth = spin(4, 128, d.tile.depth, "Layers per tile")
         self.tile_size = spin(16, 512, d.tile.size, "Tile side in pixels")
         self.tile_stride = spin(4, 512, d.tile.stride, "Grid stride of the tiles")
@@ -117,8 +123,7 @@ class FinetuneWidget(JobWidget):
         self.f05_plot = LivePlot([Panel("validation F0.5", ["f05", "baseline_f05"], ylabel="F0.5",
                                         labels={"f05": "F0.5 (best threshold)", "baseline_f05": "ink-prevalence baseline"})],
                                  xlabel="epoch", height_per_panel=1.9)
-        self.results.addWidget(self.loss_plot)
-        self.results.addWidget(self.f05_plot)
+        self.add_training_plots(self.loss_plot, self.f05_plot)
         self.preview_layer = None
 
         self.finish_setup({
@@ -273,19 +278,10 @@ class FinetuneWidget(JobWidget):
 
             Path(config.out).mkdir(parents=True, exist_ok=True)
             save_regions(config.val_region, polygons)
-        self.loss_plot.clear()
-        self.f05_plot.clear()
 
     def handle_event(self, event: Event) -> None:
-        if isinstance(event, StepDone):
-            x = (event.epoch - 1) * event.steps_per_epoch + event.step
-            for name, value in event.losses.items():
-                if name in self.loss_plot.series:
-                    self.loss_plot.add_point(name, x, value)
-        elif isinstance(event, EpochDone):
-            for name in ("f05", "baseline_f05"):
-                if name in event.metrics:
-                    self.f05_plot.add_point(name, event.epoch, event.metrics[name])
+        # the loss and F0.5 plots are filled by JobWidget (add_training_plots)
+        if isinstance(event, EpochDone):
             if "f05" in event.metrics:
                 m = event.metrics
                 self.status.setText(
@@ -321,7 +317,5 @@ class FinetuneWidget(JobWidget):
             layers.move(layers.index(REGIONS_LAYER), len(layers))
 
     def job_done(self, outcome) -> None:
-        self.loss_plot.redraw_now()
-        self.f05_plot.redraw_now()
         if not self.resume.isChecked():
             self.run_folder.set_text(str(next_free_folder(self.run_folder.text())))

@@ -2,7 +2,9 @@
 left, a status line naming the device and the run folder, and the CLI command that repeats the job.
 
 A subclass fills the form and says how to turn it into a run config and an engine generator; the frame
-runs it through ``JobRunner`` and stops it cleanly when the widget or the viewer goes away.
+runs it through ``JobRunner`` and stops it cleanly when the widget or the viewer goes away. A training
+job's two live plots (losses per step, metrics per epoch) are kept by the frame too: the subclass only
+makes them (``add_training_plots``).
 """
 
 from __future__ import annotations
@@ -10,7 +12,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Iterator
 from functools import partial
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from qtpy.QtCore import QEvent, Qt
 from qtpy.QtWidgets import (
@@ -33,6 +35,9 @@ from napari_vesuvius_pt.ui.notify import notify_error
 from napari_vesuvius_pt.ui.segment_registry import SegmentRegistry, registry_for
 from napari_vesuvius_pt.ui.settings import Remembered, remember
 from napari_vesuvius_pt.ui.worker_bridge import IDLE, PAUSED, RUNNING, STOPPING, JobOutcome, JobRunner
+
+if TYPE_CHECKING:
+    from napari_vesuvius_pt.ui.plots import LivePlot
 
 CLOSE_WAIT_S = 60.0  # how long closing a widget waits for its job to write the checkpoint
 
@@ -153,6 +158,8 @@ class JobWidget(QWidget):
         self._epochs = 1
         self._device: str | None = None
         self._closing = False
+        self.step_plot: LivePlot | None = None  # StepDone losses (see add_training_plots)
+        self.epoch_plot: LivePlot | None = None  # EpochDone metrics
 
         self.body = QWidget()
         self.body_layout = QVBoxLayout(self.body)
@@ -239,6 +246,18 @@ class JobWidget(QWidget):
         z_range, reverse, downsample = ways.pop()
         return DataConfig(z_range=list(z_range), reverse=reverse, downsample=downsample, normalization=normalization)
 
+    def add_training_plots(self, step_plot: LivePlot, epoch_plot: LivePlot) -> None:
+        """Show two plots under the progress that the frame fills: ``step_plot`` with each ``StepDone``'s
+        losses that are among its series (x: the step within the run), ``epoch_plot`` with each
+        ``EpochDone``'s metrics that are among its series (x: the epoch). Both are cleared when a job
+        starts and drawn once more when it ends."""
+        self.step_plot, self.epoch_plot = step_plot, epoch_plot
+        self.results.addWidget(step_plot)
+        self.results.addWidget(epoch_plot)
+
+    def _training_plots(self) -> list[LivePlot]:
+        return [p for p in (self.step_plot, self.epoch_plot) if p is not None]
+
     # ---------------------------------------------------------------- what a subclass provides
 
     def build_config(self) -> Any:
@@ -303,6 +322,8 @@ class JobWidget(QWidget):
             notify_error(exc, self.title)
             self.status.setText(f"Not started: {exc}")
             return False
+        for plot in self._training_plots():
+            plot.clear()
         self.runner.start(self.make_events(config), device=getattr(config, "device", "auto") or "auto")
         return True
 
@@ -359,8 +380,17 @@ class JobWidget(QWidget):
             self.progress.show_part(f"epoch {event.epoch}/{self._epochs}", event.step, spe)
             done = (event.epoch - 1) * spe + event.step
             self.progress.show_run(done, self._epochs * spe, f"{event.samples_per_s:.1f} samples/s")
+            if self.step_plot is not None:
+                x = (event.epoch - 1) * event.steps_per_epoch + event.step
+                for name, value in event.losses.items():
+                    if name in self.step_plot.series:
+                        self.step_plot.add_point(name, x, value)
         elif isinstance(event, EpochDone):
             self._epochs = max(event.epochs, 1)
+            if self.epoch_plot is not None:
+                for name in self.epoch_plot.series:
+                    if name in event.metrics:
+                        self.epoch_plot.add_point(name, event.epoch, event.metrics[name])
         elif isinstance(event, TilesDone):
             self.progress.show_part(event.name, event.done, event.total, f"{event.name}: {event.done}/{event.total}")
         self.handle_event(event)
@@ -381,6 +411,8 @@ class JobWidget(QWidget):
             text = f"Error: {outcome.message}"
         self.status.setText(text)
         self.progress.finish(outcome.status)
+        for plot in self._training_plots():
+            plot.redraw_now()
         self.job_done(outcome)
 
     def _checkpoint_after_stop(self, outcome: JobOutcome):

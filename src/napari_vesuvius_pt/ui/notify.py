@@ -37,14 +37,6 @@ def notify_error(error: BaseException | str, where: str = "") -> str:
     return text
 
 
-def notify_warning(message: str, where: str = "") -> str:
-    from napari.utils.notifications import show_warning
-
-    text = error_text(message, where)
-    show_warning(text)
-    return text
-
-
 def notify_info(message: str, where: str = "") -> str:
     from napari.utils.notifications import show_info
 

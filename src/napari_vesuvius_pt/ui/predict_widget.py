@@ -9,7 +9,6 @@ from __future__ import annotations
 import shlex
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -27,8 +26,9 @@ from qtpy.QtWidgets import (
     QWidget,
 )
 
-from napari_vesuvius_pt.config import PredictConfig
-from napari_vesuvius_pt.engine.events import Event, Finished, Started, TilesDone
+from napari_vesuvius_pt.config import DEFAULT_RUNS_DIR, PREDICT_DTYPES, WEIGHTINGS, PredictConfig
+from napari_vesuvius_pt.engine.evaluation import predict_and_evaluate
+from napari_vesuvius_pt.engine.events import Event, LabelsReady, MetricsReady, Started, TilesDone
 from napari_vesuvius_pt.errors import ConfigError
 from napari_vesuvius_pt.ui.device_choice import DeviceChoice
 from napari_vesuvius_pt.ui.fields import FILE, FILE_OR_FOLDER, FOLDER, PathField, PathList, combo, hrow, spin
@@ -36,57 +36,10 @@ from napari_vesuvius_pt.ui.job_panel import JobWidget
 from napari_vesuvius_pt.ui.layers import outline_labels
 from napari_vesuvius_pt.ui.segment_registry import TRAIN, VALIDATION
 
-DEFAULT_OUT = Path.home() / "vesuvius-runs" / "predictions"
+DEFAULT_OUT = DEFAULT_RUNS_DIR / "predictions"
 WHOLE, LAYER_PREFIX, FROM_FILE = "whole", "layer:", "file"
 METRIC_COLUMNS = (("f05", "F0.5"), ("threshold", "thr."), ("precision", "precision"), ("recall", "recall"), ("auc", "AUC"))
 REFRESH_S = 0.5  # at most this often, prediction layers re-read the zarr while tiles stream in
-
-
-@dataclass(frozen=True)
-class LabelsReady(Event):
-    """The segment's ink labels, to show under the predictions (full-resolution pixels)."""
-
-    name: str
-    labels: np.ndarray
-
-
-@dataclass(frozen=True)
-class MetricsReady(Event):
-    """``engine.evaluation`` results per encoder (BinaryMetrics), after a complete prediction."""
-
-    metrics: dict[str, Any]
-    note: str = ""
-
-
-def _labels_event(segment_path: str) -> LabelsReady | None:
-    from napari_vesuvius_pt.data.segment import open_segment
-
-    segment = open_segment(segment_path)
-    if segment.inklabels is None:
-        return None
-    return LabelsReady(segment.name, np.asarray(segment.inklabels, dtype=np.uint8))
-
-
-def predict_and_evaluate(config: PredictConfig, skip_empty: bool) -> Iterator[Event]:
-    """The job the widget runs: labels first (so they show at once), the prediction, then its scores."""
-    from napari_vesuvius_pt.engine.evaluation import evaluate
-    from napari_vesuvius_pt.engine.prediction import predict
-
-    labels = _labels_event(config.segment)
-    if labels is not None:
-        yield labels
-    finished = None
-    for event in predict(config):
-        if isinstance(event, Finished):
-            finished = event
-        yield event
-    if finished is None:
-        return
-    if labels is None:
-        yield MetricsReady({}, note="the segment has no ink labels: no metrics")
-        return
-    names = list(finished.summary.get("arrays", {})) or None
-    yield MetricsReady(evaluate(config.out, config.segment, region=config.region, skip_empty=skip_empty, names=names))
 
 
 class PredictWidget(JobWidget):
@@ -110,8 +63,8 @@ class PredictWidget(JobWidget):
         self.stride = spin(0, 1024, 0, "Tile stride; 0 = tile size - 2 × edge (kept centres tile the plane)")
         self.stride.setSpecialValueText("auto")
         self.batch_size = spin(1, 4096, d.batch_size)
-        self.weighting = combo(("mean", "gaussian"), d.weighting, "How overlapping tile centres are blended")
-        self.dtype = combo(("float16", "uint8"), d.dtype, "Stored as float16 probabilities or uint8 × 255")
+        self.weighting = combo(WEIGHTINGS, d.weighting, "How overlapping tile centres are blended")
+        self.dtype = combo(PREDICT_DTYPES, d.dtype, "Stored as float16 probabilities or uint8 × 255")
         self.full_resolution = QCheckBox("write at full resolution")
         self.skip_empty = QCheckBox("score only tiles with ink")
         self.device = DeviceChoice()

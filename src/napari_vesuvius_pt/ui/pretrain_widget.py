@@ -11,20 +11,26 @@ from pathlib import Path
 
 from qtpy.QtWidgets import QCheckBox, QWidget
 
-from napari_vesuvius_pt.config import AugmentConfig, EncoderConfig, OptimConfig, PretrainConfig, TileConfig
-from napari_vesuvius_pt.data.normalize import NORMALIZATIONS
-from napari_vesuvius_pt.engine.events import EpochDone, Event, StepDone
+from napari_vesuvius_pt.config import (
+    ENCODER_NAMES,
+    NORMALIZATIONS,
+    OPTIMIZERS,
+    AugmentConfig,
+    EncoderConfig,
+    OptimConfig,
+    PretrainConfig,
+    TileConfig,
+)
+from napari_vesuvius_pt.engine.events import Event
 from napari_vesuvius_pt.errors import ConfigError
-from napari_vesuvius_pt.models.encoder import ENCODER_NAMES
 from napari_vesuvius_pt.ui.device_choice import DeviceChoice
 from napari_vesuvius_pt.ui.fields import FILE_OR_FOLDER, FOLDER, PathField, PathList, combo, dspin, hrow, next_free_folder, spin
 from napari_vesuvius_pt.ui.job_panel import JobWidget
 from napari_vesuvius_pt.ui.plots import LivePlot, Panel
 from napari_vesuvius_pt.ui.segment_registry import PRETRAIN
 
-OPTIMIZERS = ("sgd", "adamw", "lars")
 TERMS = ("invariance", "variance", "covariance")
-DEFAULT_RUN = Path.home() / "vesuvius-runs" / "pretrain"
+DEFAULT_RUN = Path(PretrainConfig().out)  # under config.DEFAULT_RUNS_DIR
 
 
 class PretrainWidget(JobWidget):
@@ -79,8 +85,7 @@ class PretrainWidget(JobWidget):
             [Panel("collapse monitor", ["embedding_std"], ylabel="std",
                    secondary=["effective_rank"], secondary_label="effective rank")],
             xlabel="epoch", height_per_panel=1.8)
-        self.results.addWidget(self.loss_plot)
-        self.results.addWidget(self.collapse_plot)
+        self.add_training_plots(self.loss_plot, self.collapse_plot)
 
         self.finish_setup({
             "encoder": self.encoder, "widen": self.widen, "tile_depth": self.tile_depth, "tile_size": self.tile_size,
@@ -138,25 +143,8 @@ class PretrainWidget(JobWidget):
 
         return run
 
-    # ---------------------------------------------------------------- events
-
-    def job_starting(self, config: PretrainConfig) -> None:
-        self.loss_plot.clear()
-        self.collapse_plot.clear()
-
-    def handle_event(self, event: Event) -> None:
-        if isinstance(event, StepDone):
-            x = (event.epoch - 1) * event.steps_per_epoch + event.step
-            for name, value in event.losses.items():
-                if name in self.loss_plot.series:
-                    self.loss_plot.add_point(name, x, value)
-        elif isinstance(event, EpochDone):
-            for name in ("embedding_std", "effective_rank"):
-                if name in event.metrics:
-                    self.collapse_plot.add_point(name, event.epoch, event.metrics[name])
+    # ---------------------------------------------------------------- events (the plots: JobWidget)
 
     def job_done(self, outcome) -> None:
-        self.loss_plot.redraw_now()
-        self.collapse_plot.redraw_now()
         if not self.resume.isChecked():
             self.run_folder.set_text(str(next_free_folder(self.run_folder.text())))

@@ -7,6 +7,10 @@ engine generator is wrapped in a generator that checks a stop flag each time the
 calls ``close()`` on it in the worker thread; ``quit()`` (which napari calls when the viewer closes or
 the activity dock cancels a task) sets that flag instead of abandoning the generator.
 
+Pause is napari's own (``pause()``/``resume()``, the ``paused``/``resumed`` signals): the worker's loop
+pauses between two events. A stop must still reach the wrapper's check, so a worker that pauses while a
+stop is asked for resumes at once (see ``_EngineWorker``).
+
 Errors never escape as tracebacks: a ``VesuviusError`` shows its message as a notification, anything
 else shows its type and message (and is logged with the traceback), and the widget gets a
 ``JobOutcome`` either way, so it can return to a ready state.
@@ -24,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from napari.qt.threading import GeneratorWorker, create_worker
+from qtpy.QtCore import Qt
 from qtpy.QtWidgets import QApplication
 
 from napari_vesuvius_pt.engine.events import EpochDone, Event, Failed, Finished, Started
@@ -121,17 +126,31 @@ def drive_events(
 
 
 class _EngineWorker(GeneratorWorker):
-    """A napari GeneratorWorker whose ``quit()`` asks the engine to stop at its next yield."""
+    """A napari GeneratorWorker whose ``quit()`` asks the engine to stop at its next yield.
+
+    ``resume()`` only acts on a worker that has paused. A pause asked for but not taken yet (Pause
+    pressed while the engine is inside a step, or before the worker's loop began) is taken after
+    ``quit()``, and a paused worker never reaches the stop check. So ``paused`` is also handled in the
+    worker thread, as it is emitted (``is_paused`` is true by then): with a stop asked for, it resumes.
+    """
 
     _job_stop: threading.Event | None = None
+
+    def watch_for_stop(self, stop: threading.Event) -> None:
+        """Let ``quit()`` mean "stop at the next yield" (``stop`` is the flag ``drive_events`` checks)."""
+        self._job_stop = stop
+        self.paused.connect(self._resume_if_stopping, Qt.ConnectionType.DirectConnection)
+
+    def _resume_if_stopping(self) -> None:
+        if self._job_stop is not None and self._job_stop.is_set():
+            self.resume()
 
     def quit(self) -> None:
         if self._job_stop is None:  # not started through JobRunner
             super().quit()
             return
         self._job_stop.set()
-        self._pause_requested = False  # a pause asked for but not yet taken would hold the worker
-        self.resume()  # a paused worker must run on to reach the check
+        self.resume()  # a paused worker must run on to reach the check (one pausing later: see above)
 
     def _relay_error(self, exc: Exception) -> None:
         # drive_events turns engine errors into _Raised; anything reaching here is a bridge bug, which
@@ -218,7 +237,7 @@ class JobRunner:
                 "resumed": lambda: self._set_state(RUNNING) if self._state != STOPPING else None,
             },
         )
-        worker._job_stop = self._stop
+        worker.watch_for_stop(self._stop)
         self._worker = worker
         _LIVE.add(self)
         app = QApplication.instance()
