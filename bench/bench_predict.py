@@ -30,6 +30,7 @@ import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve()
+sys.path.insert(0, str(HERE.parent))
 
 
 def rss_mb() -> float:
@@ -104,16 +105,20 @@ def child_engine(args: argparse.Namespace) -> dict:
     shutil.rmtree(out, ignore_errors=True)
     cfg = PredictConfig(segment=args.segment, out=str(out), edge=args.edge, batch_size=args.batch_size,
                         device="cpu")
+    from _memory import PeakMemory
+
     t0, c0 = time.perf_counter(), cpu_seconds()
     finished = None
-    for event in predict(cfg, [predictor]):
-        if isinstance(event, Finished):
-            finished = event
+    with PeakMemory() as mem:
+        for event in predict(cfg, [predictor]):
+            if isinstance(event, Finished):
+                finished = event
     seconds, cpu = time.perf_counter() - t0, cpu_seconds() - c0
     assert finished is not None
     tiles = finished.summary["encoders"][predictor.name]["tiles"]
     return {"seconds": seconds, "cpu": cpu, "load_seconds": 0.0, "load_cpu": 0.0, "tiles": tiles,
-            "baseline_mb": baseline, "peak_mb": rss_mb()}
+            "baseline_mb": baseline, "peak_mb": rss_mb(), "anon_mb": mem.peak_anon_mb - mem.start_anon_mb,
+            "file_mb": mem.peak_file_mb - mem.start_file_mb}
 
 
 def child_monai(args: argparse.Namespace) -> dict:
@@ -130,6 +135,9 @@ def child_monai(args: argparse.Namespace) -> dict:
     model = predictor.model.eval()
     baseline = rss_mb()
     depth, size = predictor.tile.depth, predictor.tile.size
+    from _memory import PeakMemory
+
+    mem = PeakMemory().__enter__()
     t0, c0 = time.perf_counter(), cpu_seconds()
     segment = open_from_config(args.segment, predictor.data)
     normalizer = normalizer_from_config(predictor.data, segment)
@@ -148,9 +156,11 @@ def child_monai(args: argparse.Namespace) -> dict:
             volume, roi_size=(depth, size, size), sw_batch_size=args.batch_size, predictor=run,
             overlap=2 * args.edge / size, mode="constant"))
     t2, c2 = time.perf_counter(), cpu_seconds()
+    mem.__exit__(None, None, None)
     assert torch.isfinite(out).all()
     return {"seconds": t2 - t1, "cpu": c2 - c1, "load_seconds": t1 - t0, "load_cpu": c1 - c0, "tiles": tiles,
-            "baseline_mb": baseline, "peak_mb": rss_mb()}
+            "baseline_mb": baseline, "peak_mb": rss_mb(), "anon_mb": mem.peak_anon_mb - mem.start_anon_mb,
+            "file_mb": mem.peak_file_mb - mem.start_file_mb}
 
 
 def run_child(argv: list[str], raw: bool = False):

@@ -107,12 +107,39 @@ def small_model(widget, epochs: int, steps: int, batch: int, tile: int = 32) -> 
     widget.device.set_value("cpu")
 
 
+def compare_shots(viewer, predict, out: Path) -> None:
+    """The comparison view after a Predict & compare run: overlay, threshold, difference map, grid."""
+    from napari_vesuvius_pt.ui.compare import comparison_panel
+
+    panel = comparison_panel(predict.viewer)
+    panel.parent().raise_()
+    best = max(panel.comparison.encoders, key=lambda e: panel.comparison.predictions[e].metrics.f05)
+    panel.encoder_box.setCurrentText(best)
+    shoot(viewer, out / "compare_overlay.png")
+    panel.binarise.setChecked(True)
+    panel.threshold.setValue(panel.comparison.predictions[best].metrics.threshold)
+    shoot(viewer, out / "compare_threshold.png")
+    panel.binarise.setChecked(False)
+    names = list(panel.comparison.encoders)
+    panel.diff_a.setCurrentText(best)
+    panel.diff_b.setCurrentText(next(n for n in names if n != best))
+    panel.show_difference()
+    for layer in panel.prediction_layers():
+        layer.visible = False
+    shoot(viewer, out / "compare_difference.png")
+    predict.side_by_side.setChecked(True)
+    shoot(viewer, out / "compare_grid.png")
+    predict.side_by_side.setChecked(False)
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=HERE / "screenshots")
     parser.add_argument("--work", type=Path, default=None, help="where data and runs go (default: a temp folder)")
     parser.add_argument("--epochs", type=int, default=6, help="pretraining epochs")
     parser.add_argument("--finetune-epochs", type=int, default=10)
+    parser.add_argument("--reuse-runs", action="store_true",
+                        help="use the pretraining and fine-tuning runs already in --work (no Pretrain/Fine-tune shots)")
     args = parser.parse_args(argv)
     work = args.work or Path(tempfile.mkdtemp(prefix="vesuvius-shots-"))
     os.environ.setdefault("NAPARI_VESUVIUS_PT_SETTINGS", str(work / "widgets.json"))  # leave the user's alone
@@ -125,56 +152,62 @@ def main(argv=None) -> int:
     from napari_vesuvius_pt.ui.segment_registry import PRETRAIN, TRAIN, VALIDATION
 
     data = work / "data"
-    fragment = write_segment(make_fragment((24, 320, 320), seed=0), data / "fragment-a")
-    fragment_b = write_segment(make_fragment((24, 320, 320), seed=1), data / "fragment-b")
-    scroll = write_segment(make_scroll_segment((24, 320, 320), seed=2), data / "scroll-segment", layout="layers")
+
+    def made(synth, path: Path, **kwargs) -> Path:
+        return path if args.reuse_runs and path.is_dir() else write_segment(synth, path, **kwargs)
+
+    fragment = made(make_fragment((24, 320, 320), seed=0), data / "fragment-a")
+    fragment_b = made(make_fragment((24, 320, 320), seed=1), data / "fragment-b")
+    scroll = made(make_scroll_segment((24, 320, 320), seed=2), data / "scroll-segment", layout="layers")
     runs = work / "runs"
 
-    # ---- Pretrain: VICReg on the scroll segment
-    viewer = new_viewer("napari-vesuvius-pt: Pretrain")
-    load_segment(viewer, scroll, PRETRAIN)
-    pretrain = PretrainWidget(viewer)
-    viewer.window.add_dock_widget(pretrain, name="Pretrain")
-    small_model(pretrain, epochs=args.epochs, steps=8, batch=8)
-    pretrain.run_folder.set_text(str(runs / "vicreg"))
-    run_job(pretrain)
-    viewer.layers.selection.active = viewer.layers[scroll.name]
-    scroll_to_end(pretrain)
-    shoot(viewer, args.out / "pretrain.png")
-    viewer.close()
-
-    # ---- Fine-tune: from the VICReg run, validated on the lower 30% of the fragment
-    viewer = new_viewer("napari-vesuvius-pt: Fine-tune")
-    load_segment(viewer, fragment, TRAIN)
-    finetune = FinetuneWidget(viewer)
-    viewer.window.add_dock_widget(finetune, name="Fine-tune")
-    small_model(finetune, epochs=args.finetune_epochs, steps=10, batch=8, tile=64)
-    finetune.output_stride.setCurrentIndex(finetune.output_stride.findData(4))
-    finetune.lr.setValue(0.003)
-    shapes = finetune.regions_layer()
-    # validate on the last line of writing: the rows from 60% of the way through the inked rows down
     from napari_vesuvius_pt.data.segment import open_segment
 
-    ink_rows = np.nonzero(np.asarray(open_segment(fragment).inklabels).any(axis=1))[0]
-    top = int(ink_rows[0] + 0.6 * (ink_rows[-1] - ink_rows[0]))
-    shapes.add_rectangles(np.array([[top, 0], [ink_rows[-1] + 8, 319]]))
-    finetune.origin.setCurrentIndex(finetune.origin.findData("random"))
-    finetune.run_folder.set_text(str(runs / "ink-random"))
-    run_job(finetune)
-    finetune.origin.setCurrentIndex(finetune.origin.findData("run"))
-    finetune.origin_path.set_text(str(runs / "vicreg"))
-    finetune.run_folder.set_text(str(runs / "ink-vicreg"))
-    run_job(finetune)
-    viewer.layers.selection.active = viewer.layers["ink preview"]
-    scroll_to_end(finetune)
-    shoot(viewer, args.out / "finetune.png")
-    viewer.close()
+    if not (args.reuse_runs and (runs / "ink-vicreg").is_dir()):
+        # ---- Pretrain: VICReg on the scroll segment
+        viewer = new_viewer("napari-vesuvius-pt: Pretrain")
+        load_segment(viewer, scroll, PRETRAIN)
+        pretrain = PretrainWidget(viewer)
+        viewer.window.add_dock_widget(pretrain, name="Pretrain")
+        small_model(pretrain, epochs=args.epochs, steps=8, batch=8)
+        pretrain.run_folder.set_text(str(runs / "vicreg"))
+        run_job(pretrain)
+        viewer.layers.selection.active = viewer.layers[scroll.name]
+        scroll_to_end(pretrain)
+        shoot(viewer, args.out / "pretrain.png")
+        viewer.close()
 
-    # ---- Predict & compare: both encoders over the unseen fragment
+        # ---- Fine-tune: from the VICReg run, validated on the lower 30% of the fragment
+        viewer = new_viewer("napari-vesuvius-pt: Fine-tune")
+        load_segment(viewer, fragment, TRAIN)
+        finetune = FinetuneWidget(viewer)
+        viewer.window.add_dock_widget(finetune, name="Fine-tune")
+        small_model(finetune, epochs=args.finetune_epochs, steps=10, batch=8, tile=64)
+        finetune.output_stride.setCurrentIndex(finetune.output_stride.findData(4))
+        finetune.lr.setValue(0.003)
+        shapes = finetune.regions_layer()
+        # validate on the last line of writing: the rows from 60% of the way through the inked rows down
+        from napari_vesuvius_pt.data.segment import open_segment
+
+        ink_rows = np.nonzero(np.asarray(open_segment(fragment).inklabels).any(axis=1))[0]
+        top = int(ink_rows[0] + 0.6 * (ink_rows[-1] - ink_rows[0]))
+        shapes.add_rectangles(np.array([[top, 0], [ink_rows[-1] + 8, 319]]))
+        finetune.origin.setCurrentIndex(finetune.origin.findData("random"))
+        finetune.run_folder.set_text(str(runs / "ink-random"))
+        run_job(finetune)
+        finetune.origin.setCurrentIndex(finetune.origin.findData("run"))
+        finetune.origin_path.set_text(str(runs / "vicreg"))
+        finetune.run_folder.set_text(str(runs / "ink-vicreg"))
+        run_job(finetune)
+        viewer.layers.selection.active = viewer.layers["ink preview"]
+        scroll_to_end(finetune)
+        shoot(viewer, args.out / "finetune.png")
+        viewer.close()
+
+    # ---- Predict & compare: both encoders over the unseen fragment, opened as the Plugins menu opens it
     viewer = new_viewer("napari-vesuvius-pt: Predict & compare")
     load_segment(viewer, fragment_b, VALIDATION)
-    predict = PredictWidget(viewer)
-    viewer.window.add_dock_widget(predict, name="Predict & compare")
+    _, predict = viewer.window.add_plugin_dock_widget("napari-vesuvius-pt", "Predict & compare")
     predict.segment.set_text(str(fragment_b))
     predict.checkpoints.add(runs / "ink-random")
     predict.checkpoints.add(runs / "ink-vicreg")
@@ -183,13 +216,32 @@ def main(argv=None) -> int:
     predict.batch_size.setValue(32)
     predict.device.set_value("cpu")
     run_job(predict)
-    # show the best-scoring encoder over the fragment; the table has both
-    scores = predict.metrics_rows()
-    best = max(scores, key=lambda name: scores[name]["F0.5"])
-    for name in scores:
-        viewer.layers[name].visible = name == best
-    viewer.layers.selection.active = viewer.layers[best]
     shoot(viewer, args.out / "predict.png")
+    compare_shots(viewer, predict, args.out)
+    viewer.close()
+
+    # ---- Embedding explorer: random vs the last VICReg epoch on the unseen fragment, one shared PCA basis
+    viewer = new_viewer("napari-vesuvius-pt: Embedding explorer")
+    load_segment(viewer, fragment_b, VALIDATION)
+    _, explorer = viewer.window.add_plugin_dock_widget("napari-vesuvius-pt", "Embedding explorer")
+    explorer.segment.set_text(str(fragment_b))
+    explorer.run.set_text(str(runs / "vicreg"))
+    explorer.epoch.setValue(args.epochs)
+    explorer._add_run_epoch()
+    box = np.array([[40, 40], [40, 280], [280, 280], [280, 40]])
+    viewer.add_shapes([box], shape_type="polygon", name="explore here", edge_color="cyan", face_color="transparent")
+    explorer.region.setCurrentIndex(explorer.region.findData("layer:explore here"))
+    explorer.tile_size.setValue(32)
+    explorer.device.set_value("cpu")
+    run_job(explorer)
+    ink = np.asarray(open_segment(fragment_b).inklabels)
+    ys, xs = np.nonzero(ink[40:280, 40:280])
+    explorer.show_box.setCurrentIndex(1)  # the VICReg encoder
+    viewer.layers["explore here"].visible = False
+    viewer.layers[f"{fragment_b.name} ink labels"].contour = 1  # outlines: the colours stay readable
+    shoot(viewer, args.out / "embedding.png")
+    explorer.probe_at((float(ys[len(ys) // 2] + 40), float(xs[len(xs) // 2] + 40)))  # a click on an ink stroke
+    shoot(viewer, args.out / "embedding_similarity.png")
     viewer.close()
 
     # ---- CKA: the pretraining epochs against each other and a random encoder

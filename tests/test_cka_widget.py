@@ -43,12 +43,12 @@ def wait_done(qtbot, widget) -> None:
 def test_cka_panel_shows_the_epoch_matrix_follows_the_run_and_exports(make_napari_viewer, qtbot, pretrain_run,
                                                                         scroll_dir, tmp_path):
     viewer = make_napari_viewer()
-    widget = CKAWidget(viewer)
-    viewer.window.add_dock_widget(widget)
+    _, widget = viewer.window.add_plugin_dock_widget("napari-vesuvius-pt", "CKA")  # the Plugins menu path
     widget.run.set_text(str(pretrain_run))
     widget.segment.set_text(str(scroll_dir))
     widget.tiles.setValue(8)
     widget.device.set_value("cpu")
+    widget.random_reference.setChecked(False)  # the epochs only here (the reference: its own test)
     assert not widget.export_png.isEnabled()
     assert widget.start()
     wait_done(qtbot, widget)
@@ -61,7 +61,9 @@ def test_cka_panel_shows_the_epoch_matrix_follows_the_run_and_exports(make_napar
         np.testing.assert_allclose(np.diag(matrix), 1.0, atol=1e-6)
         np.testing.assert_allclose(matrix, matrix.T)
         assert 0.0 <= matrix[0, 1] <= 1.0
-    assert len(heat.figure.axes) >= 2 and [ax.get_title() for ax in heat.figure.axes[:2]] == ["linear CKA", "RBF CKA"]
+    titles = [ax.get_title() for ax in heat.figure.axes[:2]]
+    assert len(heat.figure.axes) >= 2 and [t.split(" (")[0] for t in titles] == ["linear CKA", "RBF CKA"]
+    assert all("colour scale" in t for t in titles)  # the scale fits the values and says so
     assert (pretrain_run / "cka" / "cka.json").is_file()  # the engine's own outputs, in the run folder
 
     # a new epoch appears in the followed run: the next poll adds its row
@@ -106,3 +108,24 @@ def test_a_run_folder_without_checkpoints_is_a_notification(make_napari_viewer, 
         assert widget.start_button.isEnabled()
     finally:
         notification_manager.notification_ready.disconnect(seen.append)
+
+
+def test_colour_scale_fits_the_values_and_is_printed():
+    import numpy as np
+    from matplotlib.figure import Figure
+
+    from napari_vesuvius_pt.analysis.cka_plot import colour_range, draw_cka
+
+    assert colour_range(np.array([0.96, 0.97, 1.0])) == (0.95, 1.0)  # not 0-1: the differences stay visible
+    assert colour_range(np.array([0.89, 0.93, 1.0])) == (0.85, 1.0)
+    fig = Figure()
+    m = np.array([[1.0, 0.97], [0.97, 1.0]])
+    draw_cka(fig, ["epoch_001", "epoch_002"], m, m)
+    assert "colour scale 0.95–1.00" in fig.axes[0].get_title()
+    assert fig.axes[0].images[0].get_clim() == (0.95, 1.0)
+
+
+def test_random_reference_is_on_by_default(make_napari_viewer):
+    viewer = make_napari_viewer()
+    _, widget = viewer.window.add_plugin_dock_widget("napari-vesuvius-pt", "CKA")
+    assert widget.random_reference.isChecked()

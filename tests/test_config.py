@@ -76,16 +76,17 @@ def test_choices_in_a_yaml_file(tmp_path):
 
 def test_training_runs_share_one_base_and_keep_their_own_defaults():
     shared = {"out", "encoder", "data", "tile", "augment", "optim", "epochs", "batch_size", "steps_per_epoch",
-              "device", "amp", "num_workers", "prefetch", "seed", "resume"}
+              "device", "amp", "cpu_bf16", "num_workers", "prefetch", "seed", "resume"}
     assert {f for f in TrainingConfig.__dataclass_fields__} == shared
     assert issubclass(PretrainConfig, TrainingConfig) and issubclass(FinetuneConfig, TrainingConfig)
     pre, ft = PretrainConfig(), FinetuneConfig()
     assert (pre.tile.min_mask_fraction, pre.optim.name, pre.optim.lr, pre.epochs) == (1.0, "sgd", 0.05, 3)
-    assert (ft.tile.min_mask_fraction, ft.optim.name, ft.optim.lr, ft.optim.weight_decay, ft.epochs) == (0.5, "adamw", 1e-3, 1e-4, 5)
+    assert (ft.tile.min_mask_fraction, ft.optim.name, ft.optim.lr, ft.optim.weight_decay, ft.epochs) == (0.5, "adamw", 3e-3, 1e-4, 5)  # docs/defaults-study.md
 
 
 def test_yaml_round_trip_with_the_runs_own_fields_first(tmp_path):
-    for cfg, first in ((PretrainConfig(segments=["a", "b"], epochs=7), ["segments", "vicreg", "mask_erosion", "out"]),
+    for cfg, first in ((PretrainConfig(segments=["a", "b"], epochs=7), ["segments", "vicreg", "mask_erosion", "probe_fragment",
+                                                                    "probe_region", "probe_every", "probe_tiles", "out"]),
                        (FinetuneConfig(fragments=["f"], val_region="r.json", output_stride=8), ["fragments", "val_fragment"])):
         keys = list(to_dict(cfg))
         assert keys[:len(first)] == first and keys[-1] == "resume"

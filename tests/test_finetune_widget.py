@@ -49,8 +49,7 @@ def test_finetune_on_a_drawn_region_updates_the_preview(make_napari_viewer, qtbo
     registry_for(viewer).add(LoadedSegment(
         path=fragment_dir, name=segment.name, role=TRAIN, shape=segment.shape, dtype=str(segment.volume.dtype),
         z_range=(0, segment.shape[0]), has_mask=True, has_inklabels=True, layer_names=(fragment_layer.name,)))
-    widget = FinetuneWidget(viewer)
-    viewer.window.add_dock_widget(widget)
+    _, widget = viewer.window.add_plugin_dock_widget("napari-vesuvius-pt", "Fine-tune")  # the Plugins menu path
     assert widget.fragments.paths() == [str(fragment_dir)]  # offered, ticked, from the Segments widget
     run = tmp_path / "run"
     tiny(widget, fragment_dir, run, epochs=2, steps=1)

@@ -22,6 +22,7 @@ WIDGETS = {
     "Fine-tune": "napari_vesuvius_pt.ui.finetune_widget:FinetuneWidget",
     "Predict & compare": "napari_vesuvius_pt.ui.predict_widget:PredictWidget",
     "CKA": "napari_vesuvius_pt.ui.cka_widget:CKAWidget",
+    "Embedding explorer": "napari_vesuvius_pt.ui.embedding_widget:EmbeddingWidget",
 }
 
 

@@ -85,7 +85,7 @@ def test_normalizer_round_trip_and_validation():
     norm = Normalizer("minmax", {"low": 10, "high": 250})
     again = Normalizer.from_dict(norm.to_dict())
     assert again == norm and again.params == {"low": 10.0, "high": 250.0}
-    assert set(NORMALIZATIONS) == {"none", "kaggle", "minmax", "zscore", "instance"}
+    assert set(NORMALIZATIONS) == {"none", "kaggle", "minmax", "zscore", "instance", "div255"}
     with pytest.raises(ConfigError, match="unknown normalization 'gamma'"):
         Normalizer("gamma")
     with pytest.raises(ConfigError, match="needs parameters mean, std"):

@@ -178,7 +178,8 @@ def test_two_checkpoints_give_one_array_each_from_the_cli(fragment_dir, tmp_path
     region = save_regions(tmp_path / "region.json", [np.array([[60, 60], [60, 120], [110, 120], [110, 60]])])
     out = tmp_path / "cmp.zarr"
     code = main(["predict", "--checkpoint", str(a.parent), "--checkpoint", str(b), "--segment", str(fragment_dir),
-                 "--out", str(out), "--region", str(region), "--dtype", "uint8", "--device", "cpu", "--quiet"])
+                 "--out", str(out), "--region", str(region), "--dtype", "uint8", "--device", "cpu", "--quiet",
+                 "--no-full-resolution"])
     assert code == 0
     store = open_prediction(out)
     assert store.names == ["vicreg_run", "random_run"]
@@ -198,7 +199,9 @@ def test_two_checkpoints_give_one_array_each_from_the_cli(fragment_dir, tmp_path
     assert main(["evaluate", "--prediction", str(out), "--segment", str(fragment_dir), "--region", str(region),
                  "--json"]) == 0
     table = json.loads(capsys.readouterr().out)
+    baselines = table.pop("baselines")
     assert set(table) == {"vicreg_run", "random_run"}
+    assert "all ink" in baselines and baselines["all ink"]["recall"] == 1.0
     for metrics in table.values():
         assert {"f05", "threshold", "precision", "recall", "auc"} <= set(metrics)
         assert 0.0 <= metrics["f05"] <= 1.0 and 0.1 <= metrics["threshold"] <= 0.95

@@ -47,8 +47,7 @@ def wait_done(qtbot, widget) -> None:
 def test_predict_two_checkpoints_gives_two_layers_and_a_metrics_table(make_napari_viewer, qtbot, fragment_dir,
                                                                       checkpoints, tmp_path):
     viewer = make_napari_viewer()
-    widget = PredictWidget(viewer)
-    viewer.window.add_dock_widget(widget)
+    _, widget = viewer.window.add_plugin_dock_widget("napari-vesuvius-pt", "Predict & compare")  # the Plugins menu path
     widget.segment.set_text(str(fragment_dir))
     for ckpt in checkpoints:
         widget.checkpoints.add(ckpt)
@@ -70,7 +69,10 @@ def test_predict_two_checkpoints_gives_two_layers_and_a_metrics_table(make_napar
         np.testing.assert_array_equal(np.asarray(layer.data), np.asarray(store.array(name)))
         assert np.asarray(layer.data).max() > 0
     labels = viewer.layers[f"{fragment_dir.name} ink labels"]
-    assert type(labels).__name__ == "Labels" and labels.data.shape == (192, 192) and labels.data.max() == 1
+    import napari.layers
+
+    assert isinstance(labels, napari.layers.Labels) and labels.data.shape == (192, 192) and labels.data.max() == 1
+    assert labels.contour > 0  # outlines, even through the plugin proxy
 
     table = widget.metrics_rows()
     assert list(table) == ["encoder-a", "encoder-b"]
@@ -81,8 +83,14 @@ def test_predict_two_checkpoints_gives_two_layers_and_a_metrics_table(make_napar
         assert row["recall"] == pytest.approx(expected[name].recall, abs=1e-3)
         assert row["AUC"] == pytest.approx(expected[name].auc, abs=1e-3)
 
+    # after the run, the comparison view: one prediction at a time, then one grid cell per encoder
+    shown = [la for la in viewer.layers if la.metadata.get("comparison") == "prediction" and la.visible]
+    assert [la.metadata["encoder"] for la in shown] == ["encoder-a"]
     widget.side_by_side.setChecked(True)
-    assert viewer.canvas.grid.enabled
+    grid = viewer.canvas.grid
+    assert grid.enabled
+    layers = list(viewer.layers)
+    assert len({grid.position(i, layers) for i in range(len(layers))} - {(-1, -1)}) == 2
     widget.side_by_side.setChecked(False)
     assert not viewer.canvas.grid.enabled
     assert "--checkpoint" in widget.cli_line.text() and str(out) in widget.cli_line.text()

@@ -36,8 +36,7 @@ def wait_done(qtbot, widget) -> None:
 
 def test_pretraining_from_the_widget_writes_checkpoints_and_plots(make_napari_viewer, qtbot, scroll_dir, tmp_path):
     viewer = make_napari_viewer()
-    widget = PretrainWidget(viewer)
-    viewer.window.add_dock_widget(widget)
+    _, widget = viewer.window.add_plugin_dock_widget("napari-vesuvius-pt", "Pretrain")  # the Plugins menu path
     run = tmp_path / "run"
     tiny(widget, scroll_dir, run, epochs=2, steps=2)
     widget.start_button.click()
@@ -144,3 +143,21 @@ def test_settings_are_remembered_by_the_next_widget(make_napari_viewer, tmp_path
     assert again.encoder.currentData() == "resnet34"
     assert again.device.value() == "cpu"
     assert again.run_folder.text() == str(tmp_path / "runs" / "mine")
+
+
+def test_the_collapse_monitor_says_so_in_words(make_napari_viewer):
+    from pathlib import Path
+
+    from napari_vesuvius_pt.engine.events import EpochDone
+    from napari_vesuvius_pt.models.vicreg import collapse_warning
+
+    assert collapse_warning([{"effective_rank": 100.0}, {"effective_rank": 80.0}]) is None  # noise, not collapse
+    viewer = make_napari_viewer()
+    _, widget = viewer.window.add_plugin_dock_widget("napari-vesuvius-pt", "Pretrain")
+    for epoch, rank in enumerate((176.0, 120.0, 80.0, 40.0), start=1):
+        widget.handle_event(EpochDone(epoch=epoch, epochs=4, metrics={"effective_rank": rank, "embedding_std": 0.5},
+                                      checkpoint=Path("x.pt")))
+        if epoch == 2:
+            assert not widget.collapse_note.isVisibleTo(widget)
+    text = widget.collapse_note.text()
+    assert "collapsing" in text and "176" in text and "40" in text and widget.collapse_note.isVisibleTo(widget)

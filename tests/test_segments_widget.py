@@ -56,8 +56,7 @@ def test_load_segments_with_options_and_roles(make_napari_viewer, qtbot, fragmen
                                               tmp_path):
     viewer = make_napari_viewer()
     viewer.window.resize(1400, 900)
-    widget = SegmentsWidget(viewer)
-    viewer.window.add_dock_widget(widget, name="Segments", area="right")
+    _, widget = viewer.window.add_plugin_dock_widget("napari-vesuvius-pt", "Segments")  # the Plugins menu path
 
     # an unlabeled scroll segment is offered as a pretraining segment
     choose(qtbot, widget, scroll_dir)
@@ -101,6 +100,13 @@ def test_load_segments_with_options_and_roles(make_napari_viewer, qtbot, fragmen
     assert widget.registry.paths(TRAIN) == [str(fragment_dir)]
     assert table_row(widget, 0) == ("segment2\n20×160×160 · mask", PRETRAIN)
     assert table_row(widget, 1) == ("fragment0\n12×96×96 · mask · ink", TRAIN)
+    # one segment shown at a time, each in its own pixels: loading the fragment hid the scroll segment
+    assert not viewer.layers["segment2"].visible and viewer.layers["fragment0"].visible
+    widget.table.selectRow(0)
+    assert viewer.layers["segment2"].visible and not viewer.layers["fragment0"].visible
+    assert not viewer.layers["fragment0 ink labels"].visible
+    widget.table.selectRow(1)
+    assert viewer.layers["fragment0"].visible and not viewer.layers["segment2 mask"].visible
 
     viewer.layers["segment2"].visible = viewer.layers["segment2 mask"].visible = False
     viewer.layers.selection.active = volume
@@ -157,7 +163,8 @@ def test_settings_are_remembered_by_the_next_widget(make_napari_viewer, qtbot, o
     first.downsample.setValue(3)
     first.reverse.setChecked(True)
     saved = json.loads(own_settings_file.read_text())["Segments"]
-    assert saved == {"normalization": "zscore", "downsample": 3, "reverse": True}
+    assert {k: saved[k] for k in ("normalization", "downsample", "reverse")} == {
+        "normalization": "zscore", "downsample": 3, "reverse": True}
 
     second = SegmentsWidget(viewer)
     assert second.normalization.currentData() == "zscore"
@@ -227,3 +234,14 @@ def test_remember_binds_the_form_fields_other_widgets_use(qtbot, own_settings_fi
     assert second["run"].text() == "/runs/a" and second["lr"].value() == 0.05
     assert second["note"].text() == "first try"
     assert second["optimizer"].currentData() == "sgd" and "optimizer" in restored  # ... is skipped
+
+
+def test_a_fragment_opened_twice_is_one_segment(make_napari_viewer, qtbot, fragment_dir):
+    viewer = make_napari_viewer()
+    viewer.open(str(fragment_dir), plugin="napari-vesuvius-pt")  # File > Open first
+    assert [layer.name for layer in viewer.layers] == ["fragment0", "fragment0 mask", "fragment0 ink labels"]
+    _, widget = viewer.window.add_plugin_dock_widget("napari-vesuvius-pt", "Segments")
+    choose(qtbot, widget, fragment_dir)
+    load(qtbot, widget, TRAIN)
+    assert [layer.name for layer in viewer.layers] == ["fragment0", "fragment0 mask", "fragment0 ink labels"]
+    assert widget.registry.get(fragment_dir).role == TRAIN and len(widget.registry) == 1

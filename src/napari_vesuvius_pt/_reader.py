@@ -103,7 +103,8 @@ def layers_of_segment(segment: Any, contrast_limits: tuple[float, float] | None 
 
 
 def layers_of_prediction(path: str | Path) -> list[LayerData]:
-    """One Image layer per encoder of a prediction zarr, in place over the segment (lazy zarr arrays)."""
+    """One Image layer per encoder of a prediction zarr, in place over the segment (lazy zarr arrays; the
+    OME-Zarr pyramid as a multiscale image once it is written)."""
     from napari_vesuvius_pt.engine.prediction_store import open_prediction
 
     store = open_prediction(path)
@@ -118,7 +119,10 @@ def layers_of_prediction(path: str | Path) -> list[LayerData]:
             "segment_path": store.segment.get("path"), "complete": bool(info.get("complete", False)),
             "done_rows": store.done_rows(name), "kind": "prediction",
         }
-        out.append((store.array(name), kwargs, "image"))
+        levels = store.levels(name)
+        if len(levels) > 1:
+            kwargs["multiscale"] = True
+        out.append((levels if len(levels) > 1 else levels[0], kwargs, "image"))
     return out
 
 
@@ -170,7 +174,7 @@ def _claims(path: Path) -> bool:
 def _reader_for_one(path: Path) -> Callable[[], list] | None:
     """A function producing the layers of ``path``, or None when this plugin does not read it."""
     from napari_vesuvius_pt.data.segment import open_segment
-    from napari_vesuvius_pt.engine.prediction_store import PREDICTION_FORMAT
+    from napari_vesuvius_pt.engine.prediction_store import READABLE_FORMATS
 
     if not path.exists():
         return None
@@ -178,7 +182,7 @@ def _reader_for_one(path: Path) -> Callable[[], list] | None:
     attrs = _zarr_attrs(path)
     if not (is_tiff or path.is_dir()):
         return None
-    if attrs is not None and attrs.get("format") == PREDICTION_FORMAT:
+    if attrs is not None and attrs.get("format") in READABLE_FORMATS:
         return lambda: layers_of_prediction(path)
     if attrs is not None and attrs.get("format") == IMAGE_LAYER_FORMAT:
         return lambda: layers_of_image_zarr(path)

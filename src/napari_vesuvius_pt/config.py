@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -25,24 +26,44 @@ T = TypeVar("T")
 # argparse's ``choices=``, the widgets' combo boxes and the engine's checks take (no torch needed).
 
 Optimizer = Literal["sgd", "adamw", "lars"]  # sgd: with Nesterov momentum
-Normalization = Literal["none", "kaggle", "minmax", "zscore", "instance"]
+Normalization = Literal["none", "kaggle", "minmax", "zscore", "instance", "div255"]  # div255: 8-bit / 255, no clip
 EncoderName = Literal["resnet10", "resnet18", "resnet34", "resnet50"]
+EncoderPooling = Literal["avg", "max"]  # the encoder's global pooling (AdaptiveAvgPool3d / AdaptiveMaxPool3d)
+DepthPooling = Literal["max", "attention", "mean"]  # how the ink head pools each feature map over depth
 CKALayer = Literal["pooled", "layer1", "layer2", "layer3", "layer4"]
 Weighting = Literal["mean", "gaussian"]  # how overlapping tile predictions are blended
 PredictDtype = Literal["float16", "uint8"]  # float16 probabilities, or uint8 probability * 255
+ZarrCodec = Literal["blosc-lz4", "none"]  # `convert`: Blosc LZ4 + byte shuffle, or uncompressed chunks
+PredictDirection = Literal["forward", "reverse", "both"]  # depth direction(s) predict reads; both: each and the mean
+PredictFormat = Literal["ome-zarr", "tiff"]  # predict's output: an OME-Zarr group, or tiled BigTIFFs
 DemoScaleName = Literal["quick", "laptop", "seed"]
+# the seed's two splits of the Kaggle fragments 1-4 (engine/protocols.py): validate on the lower 30% of
+# fragment 2 and train on the rest; or pretrain with fragment 4 unlabeled, train on 1-3, validate on 4
+Protocol = Literal["fragment2-lower30", "fragment4-holdout"]
+BaselineMethod = Literal["lda", "logistic"]  # the per-pixel linear z-profile baseline (analysis/baseline.py)
 OutputStride = Literal[1, 2, 4, 8]
-DeviceName = Literal["auto", "cpu", "cuda"]  # the fixed names; device fields also take "cuda:N", so they stay str
+ScheduleUnit = Literal["step", "epoch"]  # how often the warm-up/cosine learning rate changes
+DeviceName = Literal["auto", "cpu", "cuda", "mps"]  # fixed names (auto: cuda, else mps, else cpu); fields also take "cuda:N"
+FeatureLayer = Literal["layer1", "layer2", "layer3", "layer4"]  # the embedding explorer's per-position features
 
 OPTIMIZERS: tuple[str, ...] = typing.get_args(Optimizer)
 NORMALIZATIONS: tuple[str, ...] = typing.get_args(Normalization)
 ENCODER_NAMES: tuple[str, ...] = typing.get_args(EncoderName)
+ENCODER_POOLINGS: tuple[str, ...] = typing.get_args(EncoderPooling)
+DEPTH_POOLINGS: tuple[str, ...] = typing.get_args(DepthPooling)
 CKA_LAYERS: tuple[str, ...] = typing.get_args(CKALayer)
 WEIGHTINGS: tuple[str, ...] = typing.get_args(Weighting)
 PREDICT_DTYPES: tuple[str, ...] = typing.get_args(PredictDtype)
+ZARR_CODECS: tuple[str, ...] = typing.get_args(ZarrCodec)
+PREDICT_DIRECTIONS: tuple[str, ...] = typing.get_args(PredictDirection)
+PREDICT_FORMATS: tuple[str, ...] = typing.get_args(PredictFormat)
 DEMO_SCALES: tuple[str, ...] = typing.get_args(DemoScaleName)
+PROTOCOLS: tuple[str, ...] = typing.get_args(Protocol)
+BASELINE_METHODS: tuple[str, ...] = typing.get_args(BaselineMethod)
 OUTPUT_STRIDES: tuple[int, ...] = typing.get_args(OutputStride)
+SCHEDULE_UNITS: tuple[str, ...] = typing.get_args(ScheduleUnit)
 DEVICE_NAMES: tuple[str, ...] = typing.get_args(DeviceName)
+FEATURE_LAYERS: tuple[str, ...] = typing.get_args(FeatureLayer)
 
 # Where runs go by default: never inside a source checkout (``VESUVIUS_PT_RUNS`` moves it).
 DEFAULT_RUNS_DIR = Path(os.environ.get("VESUVIUS_PT_RUNS") or Path.home() / "vesuvius-runs").expanduser()
@@ -64,6 +85,10 @@ class EncoderConfig:
     name: EncoderName = "resnet18"
     widen_factor: float = 1.0
     in_channels: int = 1
+    keep_depth: bool = False  # stem max pool (1, 3, 3) stride (1, 2, 2): depth kept (the seed's stem)
+    pooling: EncoderPooling = "avg"  # global pooling of the embedding; the seed: max
+    embedding: int = 0  # a linear layer after the pooling to this width (the seed: 2048 -> 512); 0 = none
+    input_norm: bool = False  # InstanceNorm3d on the input (the seed's first layer)
 
 
 @dataclass
@@ -119,6 +144,8 @@ class OptimConfig:
     momentum: float = 0.9
     warmup_epochs: float = 1.0
     min_lr_ratio: float = 0.01  # cosine decays to lr * min_lr_ratio
+    warmup_start: float = 0.0  # the warm-up starts at lr * warmup_start (the seed's x10 warm-up: 0.1)
+    schedule_unit: ScheduleUnit = "step"  # the rate changes every optimizer step, or once per epoch (the seed)
     grad_clip: float = 3.0  # max global grad norm; 0 disables
     accumulate: int = 1  # gradient accumulation steps
 
@@ -139,8 +166,9 @@ class TrainingConfig:
     epochs: int = 3
     batch_size: int = 8
     steps_per_epoch: int | None = None  # None: one pass over the tiles
-    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    device: str = "auto"  # auto | cpu | cuda | cuda:N | mps
     amp: bool = True  # autocast on CUDA only
+    cpu_bf16: bool = False  # bfloat16 autocast on the CPU too, where it has it natively (bench/bench_cpu.py)
     num_workers: int = 0  # DataLoader workers (spawn); 0 reads in the training process
     prefetch: int = 2  # with num_workers 0: batches read ahead in a background thread (0: read in the loop)
     seed: int = 0
@@ -152,6 +180,11 @@ class PretrainConfig(TrainingConfig):
     segments: list[str] = field(default_factory=list)  # scroll segments and unlabeled fragments
     vicreg: VICRegConfig = field(default_factory=VICRegConfig)
     mask_erosion: int = 8  # pixels the mask is eroded by before tiles are kept (ragged edges, glue, air)
+    # the online probe (engine/online_probe.py): a frozen linear probe scored on a labeled fragment's regions
+    probe_fragment: str | None = None  # a labeled fragment; with probe_region, probed every probe_every epochs
+    probe_region: str | None = None  # validation polygons (JSON/CSV) on probe_fragment; the rest fits the probe
+    probe_every: int = 1  # epochs between probes (the last epoch is always probed)
+    probe_tiles: int = 64  # tiles each side (fit / score), non-overlapping, evenly spread
     # TrainingConfig's fields with this run's defaults (they keep their place among the shared fields)
     out: str = str(DEFAULT_RUNS_DIR / "pretrain")
 
@@ -160,20 +193,32 @@ class PretrainConfig(TrainingConfig):
 class FinetuneConfig(TrainingConfig):
     fragments: list[str] = field(default_factory=list)  # training fragments (with ink labels)
     val_fragment: str | None = None  # a whole fragment for validation, or
-    val_region: str | None = None  # a JSON/CSV of polygons on the first training fragment
+    val_region: str | None = None  # a JSON/CSV of polygons on the first training fragment, or
+    val_mask: bool = False  # the first training fragment's own validation mask (villa's <id>_validation_mask)
+    supervision_masks: bool = True  # only the fragments' supervision masks count in loss and metrics (when they have one)
+    ignore_masks: bool = True  # the fragments' ignore masks leave the loss and metrics (when they have one)
     encoder_origin: str = "random"  # random | k700:FILE | RUN_FOLDER | CHECKPOINT
     freeze_encoder: bool = False
     encoder_lr_scale: float = 0.1  # encoder lr = lr * scale when not frozen
     output_stride: OutputStride = 4
+    depth_pooling: DepthPooling = "max"  # the ink head's pooling over depth (docs/defaults-study.md)
     only_ink_tiles: bool = False  # train only on tiles with some ink (the reference models did)
     skip_empty_eval: bool = False  # evaluate only tiles with some ink (the seed did)
+    val_subsample: int = 512  # validation tiles scored each epoch (a fixed random subsample, their normalized
+    # tiles cached between epochs); the last epoch scores them all; 0: all, every epoch
     label_smoothing: float = 0.0
     bce_weight: float = 0.5  # loss = bce_weight * BCE + (1 - bce_weight) * Dice
     region_margin: int = 0  # extra pixels between validation polygons and training tiles
     # TrainingConfig's fields with this run's defaults (they keep their place among the shared fields)
+    # The defaults learn ink within 5 epochs on CPU and GPU alike (docs/defaults-study.md, bench/defaults_study.py):
+    # a small encoder, z-scored input, 48-pixel tiles at stride 16 (4x the steps per epoch), AdamW 3e-3,
+    # max pooling over depth (depth_pooling above).
     out: str = str(DEFAULT_RUNS_DIR / "finetune")
-    tile: TileConfig = field(default_factory=lambda: TileConfig(min_mask_fraction=0.5))
-    optim: OptimConfig = field(default_factory=lambda: OptimConfig(name="adamw", lr=1e-3, weight_decay=1e-4))
+    encoder: EncoderConfig = field(default_factory=lambda: EncoderConfig(name="resnet10", widen_factor=0.5))
+    data: DataConfig = field(default_factory=lambda: DataConfig(normalization="zscore"))
+    tile: TileConfig = field(default_factory=lambda: TileConfig(depth=16, size=48, stride=16, min_mask_fraction=0.5))
+    optim: OptimConfig = field(default_factory=lambda: OptimConfig(name="adamw", lr=3e-3, weight_decay=1e-4,
+                                                                   warmup_epochs=0.5))
     epochs: int = 5
 
 
@@ -190,12 +235,16 @@ class PredictConfig:
     device: str = "auto"
     data: DataConfig | None = None  # None: the checkpoint's own
     dtype: PredictDtype = "float16"  # float16 probabilities | uint8 (probability * 255)
-    full_resolution: bool = False  # upsample the reduced-size output when writing
+    full_resolution: bool = True  # upsample the reduced-size output when writing (False: the model's output grid)
     resume: bool = True
     names: list[str] | None = None  # one array name per checkpoint; None: run folder name or file stem
     z0: int | None = None  # first layer of each tile; None: centred in the segment's layers
     chunk: int = 256  # output chunk side (stored pixels), rounded to whole tile-row strides in y
     amp: bool = True  # bfloat16 autocast on CUDA only
+    cpu_bf16: bool = False  # bfloat16 autocast on the CPU too, where it has it natively (bench/bench_cpu.py)
+    tta: bool = False  # test-time augmentation: mean of the 8 flips/rotations of each tile (8x the compute)
+    direction: PredictDirection = "forward"  # forward: as trained; reverse: layers flipped; both: each and the mean
+    format: PredictFormat = "ome-zarr"  # tiff: also a tiled BigTIFF per array beside --out
 
 
 @dataclass
@@ -212,6 +261,22 @@ class CKAConfig:
     batch_size: int = 16
     device: str = "auto"
     seed: int = 0
+
+
+@dataclass
+class FeaturesConfig:
+    """The embedding explorer (``vesuvius-pt features``, engine/features.py): per-position features of
+    each encoder over a region of a segment, one PCA basis shared by all, written to a zarr."""
+
+    encoders: list[str] = field(default_factory=lambda: ["random"])  # random[:ARCH], k700:FILE, RUN, RUN@EPOCH, CKPT
+    segment: str = ""
+    region: list[int] | None = None  # [y0, x0, y1, x1] in full-resolution pixels; None: the whole plane
+    layer: FeatureLayer = "layer2"
+    tile: TileConfig = field(default_factory=lambda: TileConfig(depth=16, size=64, stride=64))
+    data: DataConfig = field(default_factory=DataConfig)
+    batch_size: int = 8
+    out: str = ""  # FEATURES.zarr; "" writes nothing (the widget keeps the maps in memory)
+    device: str = "auto"
 
 
 # ---------------------------------------------------------------- (de)serialization
@@ -270,17 +335,76 @@ def save_config(cfg: Any, path: str | Path) -> None:
     atomic_write_text(path, header + yaml.safe_dump(to_dict(cfg), sort_keys=False))
 
 
-def load_config(cls: type[T], path: str | Path) -> T:
+class ConfigLoader(yaml.SafeLoader):
+    """PyYAML's safe loader with YAML 1.2's floats: ``1.0e6``, ``1e-3`` and ``.5`` are numbers (YAML 1.1
+    wants a sign in the exponent and a dot, so ``lr: 1.0e6`` used to be read as a string)."""
+
+
+ConfigLoader.yaml_implicit_resolvers = {k: [r for r in v if r[0] != "tag:yaml.org,2002:float"]
+                                        for k, v in yaml.SafeLoader.yaml_implicit_resolvers.items()}
+ConfigLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"""^(?:[-+]?(?:[0-9][0-9_]*)\.[0-9_]*(?:[eE][-+]?[0-9]+)?
+                 |[-+]?(?:[0-9][0-9_]*)(?:[eE][-+]?[0-9]+)
+                 |\.[0-9_]+(?:[eE][-+]?[0-9]+)?
+                 |[-+]?\.(?:inf|Inf|INF)
+                 |\.(?:nan|NaN|NAN))$""", re.X),
+    list("-+0123456789."),
+)
+
+
+def _yaml_error(path: Path, exc: yaml.YAMLError) -> str:
+    """A YAML error on one line: what is wrong and where."""
+    mark = getattr(exc, "problem_mark", None) or getattr(exc, "context_mark", None)
+    what = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+    where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+    return f"{path} is not valid YAML: {what}{where}"
+
+
+def read_config_mapping(path: str | Path) -> dict[str, Any]:
+    """A YAML config file as a mapping (``{}`` when empty); ConfigError when missing, unreadable or not one."""
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"config file not found: {path}")
     try:
-        data = yaml.safe_load(path.read_text()) or {}
+        data = yaml.load(path.read_text(), Loader=ConfigLoader) or {}
     except yaml.YAMLError as exc:
-        raise ConfigError(f"{path} is not valid YAML: {exc}") from None
+        raise ConfigError(_yaml_error(path, exc)) from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"cannot read {path}: {getattr(exc, 'strerror', None) or exc}") from None
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: expected a mapping of options")
+    return data
+
+
+def load_config(cls: type[T], path: str | Path) -> T:
+    """``cls`` from a YAML file: a run's own config (its fields at the top level), or a sectioned file
+    (``resources/configs/*.yaml``: top-level keys among ``SECTIONS``), whose section for ``cls`` is read
+    (PretrainConfig: ``pretrain:``, FinetuneConfig: ``finetune:``, ...)."""
+    data = read_config_mapping(path)
+    if data and set(data) <= set(SECTIONS):
+        # a sectioned file (resources/configs/*.yaml): the section for cls
+        section = config_section(cls)
+        if section is None or section not in data:
+            raise ConfigError(f"{path} is a sectioned config ({', '.join(data)}) without a "
+                              f"{section or cls.__name__}: section; add one, or give a config for {cls.__name__}")
+        data = data[section] or {}
+        if not isinstance(data, dict):
+            raise ConfigError(f"{path}: section {section}: expected a mapping of options")
+        return from_dict(cls, data, where=f"{path}: {section}")
     return from_dict(cls, data, where=str(path))
+
+
+# A sectioned config file (resources/configs/quick|laptop|seed.yaml) has these top-level keys; each run
+# config reads its own section with load_config (the demo reads ``demo:`` and all the others).
+SECTIONS = ("demo", "pretrain", "finetune", "predict", "cka", "compare")
+
+
+def config_section(cls: type) -> str | None:
+    """The section of a sectioned config file that holds ``cls`` (PretrainConfig: ``pretrain``, ...)."""
+    sections = {"pretrain": PretrainConfig, "finetune": FinetuneConfig, "predict": PredictConfig,
+                "cka": CKAConfig, "compare": CompareConfig}
+    return next((name for name, c in sections.items() if c is cls), None)
 
 
 def merge(cfg: T, **overrides: Any) -> T:
@@ -298,3 +422,30 @@ class DemoConfig:
     k700_weights: str | None = None  # a local 3D-ResNets-PyTorch Kinetics-700 checkpoint (same depth as the encoder)
     device: str = "auto"
     seed: int = 0
+    protocol: Protocol = "fragment2-lower30"  # the seed's split of the (synthetic) fragments 1-4
+    seeds: int | None = None  # probe seeds per encoder; None: the scale's ``demo: seeds``
+
+
+@dataclass
+class CompareConfig:
+    """Encoders compared on one split: each one's ink probe trained with ``seeds`` seeds, predicted over
+    the validation data and scored; mean ± sd per encoder, paired differences with 95% intervals (over
+    seeds, and a bootstrap over validation tiles), the linear and all-ink baselines as rows."""
+
+    encoders: list[str] = field(default_factory=lambda: ["random"])  # SOURCE or NAME=SOURCE, frozen probes
+    unfrozen: list[str] = field(default_factory=list)  # SOURCE or NAME=SOURCE, fine-tuned with the encoder
+    fragments: list[str] = field(default_factory=list)  # labeled fragments (with a protocol: 1, 2, 3, 4 in order)
+    protocol: Protocol | None = None  # a named split of ``fragments``; else val_fragment or val_region
+    val_fragment: str | None = None
+    val_region: str | None = None  # polygons on the first fragment
+    seeds: int = 3  # probe seeds per encoder (paired across encoders: seed k starts every head alike)
+    first_seed: int = 0
+    unfrozen_seeds: int | None = None  # seeds of the unfrozen fine-tunes; None: ``seeds``
+    probe: FinetuneConfig = field(default_factory=lambda: FinetuneConfig(freeze_encoder=True))  # run settings;
+    # its fragments, validation, encoder_origin, freeze_encoder, seed and out are set per run
+    edge: int = 8  # prediction: pixels dropped at each side of a tile
+    skip_empty: bool = False  # score only tiles with some ink (the seed did)
+    baseline: BaselineMethod = "lda"
+    bootstrap: int = 2000  # resamples of the validation tiles; 0: no bootstrap
+    out: str = str(DEFAULT_RUNS_DIR / "compare")
+    device: str = "auto"

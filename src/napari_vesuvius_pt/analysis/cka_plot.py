@@ -30,9 +30,24 @@ def _cell_font(k: int) -> float:
     return float(np.clip(11.0 - 0.15 * k, 6.0, 10.0))
 
 
-def _heatmap(ax, matrix: np.ndarray, names: Sequence[str], title: str, vmin: float, cmap: Colormap, fg: str):
+def colour_range(values: np.ndarray, step: float = 0.05) -> tuple[float, float]:
+    """The colour scale for ``values``: their min and max widened to the ``step`` grid (at least one step
+    wide), so 0.96-0.98 is not drawn as one colour of a 0-1 scale."""
+    finite = np.asarray(values, dtype=np.float64)
+    finite = finite[np.isfinite(finite)]
+    if not finite.size:
+        return 0.0, 1.0
+    vmin = float(np.floor(finite.min() / step + 1e-9) * step)
+    vmax = float(min(max(np.ceil(finite.max() / step - 1e-9) * step, vmin + step), max(1.0, finite.max())))
+    if vmax - vmin < step:
+        vmin = vmax - step
+    return round(vmin, 4), round(vmax, 4)
+
+
+def _heatmap(ax, matrix: np.ndarray, names: Sequence[str], title: str, vmin: float, cmap: Colormap, fg: str,
+             vmax: float = 1.0):
     k = len(names)
-    image = ax.imshow(np.ma.masked_invalid(matrix), vmin=vmin, vmax=1.0, cmap=cmap, interpolation="nearest")
+    image = ax.imshow(np.ma.masked_invalid(matrix), vmin=vmin, vmax=vmax, cmap=cmap, interpolation="nearest")
     ax.set_title(title, fontsize=11, color=fg)
     ax.set_xticks(range(k))
     ax.set_yticks(range(k))
@@ -44,7 +59,7 @@ def _heatmap(ax, matrix: np.ndarray, names: Sequence[str], title: str, vmin: flo
         spine.set_visible(False)
     if k <= ANNOTATE_UP_TO:
         font = _cell_font(k)
-        span = 1.0 - vmin
+        span = max(vmax - vmin, 1e-9)
         for i in range(k):
             for j in range(k):
                 v = matrix[i, j]
@@ -65,16 +80,15 @@ def draw_cka(
     title: str | None = None,
     dark: bool = False,
 ) -> None:
-    """Clear ``figure`` and draw the two heatmaps with one shared colour bar (0..1; lower when negative
-    debiased values occur)."""
+    """Clear ``figure`` and draw the two heatmaps with one shared colour bar fitted to the values shown
+    (``colour_range``; the range is printed in each title)."""
     names = [str(n) for n in names]
     linear = np.asarray(linear, dtype=np.float64).reshape(len(names), len(names))
     rbf = np.asarray(rbf, dtype=np.float64).reshape(len(names), len(names))
     colors = DARK if dark else LIGHT
     figure.clear()
     figure.set_facecolor(colors["face"])
-    finite = np.concatenate([linear[np.isfinite(linear)], rbf[np.isfinite(rbf)]])
-    vmin = min(0.0, float(np.floor(finite.min() * 10) / 10)) if finite.size else 0.0
+    vmin, vmax = colour_range(np.concatenate([linear.ravel(), rbf.ravel()]))
     from matplotlib import colormaps
 
     cmap = colormaps[CMAP].with_extremes(bad=MISSING)
@@ -82,7 +96,8 @@ def draw_cka(
     image = None
     for ax, matrix, label in zip(axes, (linear, rbf), ("linear CKA", "RBF CKA")):
         ax.set_facecolor(colors["face"])
-        image = _heatmap(ax, matrix, names, label, vmin, cmap, colors["fg"])
+        image = _heatmap(ax, matrix, names, f"{label} (colour scale {vmin:.2f}–{vmax:.2f})", vmin, cmap,
+                         colors["fg"], vmax)
     if not names:
         for ax in axes:
             ax.text(0.5, 0.5, "no checkpoints yet", ha="center", va="center", color=colors["fg"],

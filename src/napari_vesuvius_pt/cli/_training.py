@@ -52,8 +52,10 @@ def add_training_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--accumulate", type=int, metavar="N", help="gradient accumulation steps")
     p.add_argument("--normalization", choices=NORMALIZATIONS)
     p.add_argument("--num-workers", type=int, metavar="N", help="DataLoader worker processes (0: in-process)")
-    p.add_argument("--device", metavar="DEV", help=" | ".join((*DEVICE_NAMES, "cuda:N")))
+    p.add_argument("--device", metavar="DEV", help=" | ".join((*DEVICE_NAMES, "cuda:N")) + " (auto: CUDA, else MPS, else CPU)")
     p.add_argument("--seed", type=int, metavar="N")
+    p.add_argument("--cpu-bf16", action="store_true", default=None,
+                   help="bfloat16 autocast on the CPU, where it has it natively (faster; see bench/bench_cpu.py)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
 
@@ -68,7 +70,8 @@ def training_config(cls: type[C], args: argparse.Namespace, arch: str | None = N
     optim = merge(cfg.optim, lr=args.lr, name=args.optimizer, accumulate=args.accumulate)
     data = merge(cfg.data, normalization=args.normalization)
     cfg = merge(cfg, out=args.out, epochs=args.epochs, batch_size=args.batch_size, steps_per_epoch=args.steps_per_epoch,
-                num_workers=args.num_workers, device=args.device, seed=args.seed, tile=tile, optim=optim, data=data)
+                num_workers=args.num_workers, device=args.device, seed=args.seed, tile=tile, optim=optim, data=data,
+                cpu_bf16=getattr(args, "cpu_bf16", None))
     cfg = merge(cfg, encoder=merge(cfg.encoder, widen_factor=args.width, name=arch))
     return merge(cfg, **fields, resume=args.resume)
 
@@ -171,3 +174,5 @@ def print_summary(label: str, finished, as_json: bool) -> None:
         print("  last epoch: " + "  ".join(f"{k}={v:.4g}" for k, v in finals.items()))
     if summary.get("checkpoint"):
         print(f"  checkpoint: {summary['checkpoint']}")
+    for note in summary.get("notes") or []:
+        print(f"{label}: note: {note}", file=sys.stderr)

@@ -37,7 +37,7 @@ def register(subparsers) -> None:
                    help="RBF bandwidth as a fraction of the median distance (default 0.5)")
     p.add_argument("--batch-size", type=int, metavar="N")
     p.add_argument("--seed", type=int, metavar="S", help="probe positions and random encoders (default 0)")
-    p.add_argument("--device", metavar="DEV", help="auto | cpu | cuda | cuda:N")
+    p.add_argument("--device", metavar="DEV", help="auto | cpu | cuda | cuda:N | mps (auto: CUDA, else MPS, else CPU)")
     p.add_argument("--config", metavar="YAML", help="a CKAConfig file; flags override it")
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
     p.add_argument("--quiet", action="store_true", help="no progress bar")

@@ -46,6 +46,8 @@ def describe(path, z_range=None, reverse=False, downsample=1) -> dict:
         "ink_fraction": fraction,
         "has_ir": seg.ir is not None,
         "converted_from": (seg.attrs.get("napari_vesuvius_pt") or {}).get("source"),
+        **{f"{kind}_fraction": (float(getattr(seg, kind).mean()) if getattr(seg, kind, None) is not None else None)
+           for kind in ("supervision_mask", "validation_mask", "ignore_mask")},
     }
 
 
@@ -68,6 +70,10 @@ def run(args: argparse.Namespace) -> int:
         lines.append(f"  converted  from {info['converted_from']}")
     if info["has_ir"]:
         lines.append("  ir         yes")
+    for kind, label in (("supervision_mask", "supervised"), ("validation_mask", "validation"),
+                        ("ignore_mask", "ignored")):
+        if info[f"{kind}_fraction"] is not None:
+            lines.append(f"  {label:<10} {info[kind + '_fraction']:.1%} of the plane ({kind})")
     if len(info["levels"]) > 1:
         lines.append("  levels     " + ", ".join("x".join(map(str, s)) for s in info["levels"]))
     print("\n".join(lines))

@@ -9,7 +9,15 @@ import argparse
 import json
 
 from napari_vesuvius_pt.cli._progress import drive
-from napari_vesuvius_pt.config import PREDICT_DTYPES, WEIGHTINGS, PredictConfig, load_config, merge
+from napari_vesuvius_pt.config import (
+    PREDICT_DIRECTIONS,
+    PREDICT_DTYPES,
+    PREDICT_FORMATS,
+    WEIGHTINGS,
+    PredictConfig,
+    load_config,
+    merge,
+)
 from napari_vesuvius_pt.engine.prediction import predict
 from napari_vesuvius_pt.engine.prediction_store import open_prediction
 from napari_vesuvius_pt.errors import ConfigError
@@ -34,11 +42,24 @@ def register(subparsers) -> None:
                                                          "(full resolution; default 8)")
     p.add_argument("--batch-size", type=int, metavar="N")
     p.add_argument("--weighting", choices=WEIGHTINGS, help="blend overlaps by mean (default) or Gaussian weights")
-    p.add_argument("--device", metavar="DEV", help="auto | cpu | cuda | cuda:N")
-    p.add_argument("--full-resolution", action="store_true", default=None,
-                   help="upsample the reduced-size output to the segment's resolution when writing")
+    p.add_argument("--device", metavar="DEV", help="auto | cpu | cuda | cuda:N | mps (auto: CUDA, else MPS, else CPU)")
+    res = p.add_mutually_exclusive_group()
+    res.add_argument("--full-resolution", action="store_true", default=None,
+                     help="upsample the reduced-size output to the segment's resolution when writing (default)")
+    res.add_argument("--no-full-resolution", dest="full_resolution", action="store_false",
+                     help="write at the model's output grid (1/output-stride of the plane)")
+    p.add_argument("--direction", choices=PREDICT_DIRECTIONS,
+                   help="depth direction: forward (as trained; default), reverse (layers flipped), or both: "
+                        "one array each and their mean (<name>-forward, <name>-reverse, <name>-mean)")
+    p.add_argument("--format", choices=PREDICT_FORMATS,
+                   help="ome-zarr (default: an OME-Zarr image per array in --out) or tiff: also a tiled "
+                        "BigTIFF per array beside --out (<out>_<name>.tif)")
     p.add_argument("--dtype", choices=PREDICT_DTYPES, help="float16 probabilities (default) or uint8 x 255")
     p.add_argument("--z0", type=int, metavar="Z", help="first layer of each tile (default: centred)")
+    p.add_argument("--tta", action="store_true", default=None,
+                   help="test-time augmentation: average each tile's 8 flips and rotations (8x the compute)")
+    p.add_argument("--cpu-bf16", action="store_true", default=None,
+                   help="bfloat16 autocast on the CPU, where it has it natively (faster; see bench/bench_cpu.py)")
     p.add_argument("--no-resume", dest="resume", action="store_false", default=None,
                    help="start over instead of resuming an interrupted prediction in --out")
     p.add_argument("--config", metavar="YAML", help="a PredictConfig file; flags override it")
@@ -52,7 +73,8 @@ def config_from_args(args: argparse.Namespace) -> PredictConfig:
     cfg = merge(cfg, checkpoints=args.checkpoint, names=args.name, segment=args.segment, out=args.out,
                 region=args.region, stride=args.stride, edge=args.edge, batch_size=args.batch_size,
                 weighting=args.weighting, device=args.device, full_resolution=args.full_resolution,
-                dtype=args.dtype, z0=args.z0, resume=args.resume)
+                dtype=args.dtype, z0=args.z0, resume=args.resume, tta=args.tta,
+                cpu_bf16=args.cpu_bf16, direction=args.direction, format=args.format)
     if not cfg.checkpoints:
         raise ConfigError("give at least one --checkpoint CKPT (a fine-tuning checkpoint or run folder)")
     if not cfg.segment:
@@ -70,6 +92,8 @@ def run(args: argparse.Namespace) -> int:
         return 0
     store = open_prediction(cfg.out)
     print(f"wrote {cfg.out} ({finished.summary['segment']}, {finished.summary['seconds']:.1f} s)")
+    for path in (finished.summary.get("tiff") or {}).values():
+        print(f"  tiled BigTIFF: {path}")
     for name in finished.summary["encoders"]:
         info = store.info(name)
         shape = " x ".join(map(str, store.array(name).shape))

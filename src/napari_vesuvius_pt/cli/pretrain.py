@@ -24,12 +24,18 @@ def register(subparsers) -> None:
     p.add_argument("--segments", nargs="+", metavar="PATH", help="segments to pretrain on")
     p.add_argument("--encoder", choices=ENCODER_NAMES, metavar="NAME", help=ENCODER_HELP)
     p.add_argument("--mask-erosion", type=int, metavar="PX", help="erode the masks by this many pixels first")
+    p.add_argument("--probe-fragment", metavar="PATH",
+                   help="a labeled fragment for the online probe (F0.5/AUC of a frozen linear probe per epoch)")
+    p.add_argument("--probe-region", metavar="FILE", help="validation polygons (JSON or Shapes CSV) on the probe fragment")
+    p.add_argument("--probe-every", type=int, metavar="N", help="epochs between online probes (default 1)")
     add_training_arguments(p)
     p.set_defaults(func=run)
 
 
 def config_from_args(args: argparse.Namespace) -> PretrainConfig:
-    cfg = training_config(PretrainConfig, args, arch=args.encoder, segments=args.segments, mask_erosion=args.mask_erosion)
+    cfg = training_config(PretrainConfig, args, arch=args.encoder, segments=args.segments, mask_erosion=args.mask_erosion,
+                          probe_fragment=args.probe_fragment, probe_region=args.probe_region,
+                          probe_every=args.probe_every)
     if not cfg.segments:
         raise ConfigError("give the segments to pretrain on: --segments PATH [PATH ...]")
     return cfg

@@ -15,6 +15,8 @@ prediction or a resumed run normalizes exactly as training did.
   percentiles of voxels inside the mask, from a sample of tiles.
 - ``zscore``: ``(x - mean) / std`` with mean and std of voxels inside the mask, from a sample of tiles.
 - ``instance``: each tile by its own mean and std (no fitted parameters).
+- ``div255``: the seed's input: 8-bit values (uint16 layers ``>> 8`` first, as ``kaggle``) divided by
+  255 without clipping, in [0, 1].
 """
 
 from __future__ import annotations
@@ -48,6 +50,17 @@ def kaggle_normalize(tile: np.ndarray) -> np.ndarray:
     return np.minimum(eight_bit, 200).astype(np.float32) / np.float32(255.0)
 
 
+def div255_normalize(tile: np.ndarray) -> np.ndarray:
+    """8-bit values / 255, no clipping (the seed's input); uint16 layers are ``>> 8`` first."""
+    tile = np.asarray(tile)
+    if tile.dtype == np.uint16:
+        tile = (tile >> 8).astype(np.uint8)
+    elif tile.dtype != np.uint8:
+        raise SegmentError(f"the div255 normalization needs uint8 or uint16 layers, got {tile.dtype}; "
+                           "use minmax or zscore for other types")
+    return tile.astype(np.float32) / np.float32(255.0)
+
+
 @dataclass
 class Normalizer:
     name: str
@@ -72,6 +85,8 @@ class Normalizer:
         ``(B, D, S, S)`` gets one mean/std per tile), or over the whole array when it has fewer."""
         if self.name == "kaggle":
             return kaggle_normalize(tile)
+        if self.name == "div255":
+            return div255_normalize(tile)
         x = np.asarray(tile, dtype=np.float32)
         if self.name == "none":
             return x.copy() if x is tile else x
@@ -156,6 +171,14 @@ def fit_normalizer(name: str, volume, mask: np.ndarray | None = None, samples: i
     values = sample_voxels(volume, mask, samples=samples, seed=seed)
     if values.size == 0:
         raise SegmentError("no voxels to fit the normalization on (empty volume or mask)")
+    finite = np.isfinite(values)
+    if not finite.all():
+        bad = int(values.size - finite.sum())
+        raise SegmentError(
+            f"cannot fit {name}: {bad} of {values.size} sampled voxels inside the mask are NaN or infinite; "
+            "the volume holds non-finite values: clean it (e.g. replace NaN by 0 and convert again), mask those "
+            "regions out, or give normalization_params"
+        )
     if name == "minmax":
         low, high = np.percentile(values, PERCENTILES)
         if not high > low:

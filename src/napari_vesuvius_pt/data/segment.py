@@ -34,8 +34,9 @@ import numpy as np
 
 from napari_vesuvius_pt.data.blocks import block_reduce
 from napari_vesuvius_pt.data.images import load_plane_image
-from napari_vesuvius_pt.data.layouts import IMAGE_KINDS, Located, locate
+from napari_vesuvius_pt.data.layouts import IMAGE_KINDS, TRAINING_MASKS, Located, locate
 from napari_vesuvius_pt.data.lazy_volume import LazyVolume
+from napari_vesuvius_pt.data.remote import is_url
 from napari_vesuvius_pt.errors import SegmentError
 
 if TYPE_CHECKING:
@@ -52,7 +53,7 @@ class Segment:
                  inklabels: np.ndarray | None, ir: np.ndarray | None, levels: list, storage: str,
                  attrs: dict | None = None):
         self.name = name
-        self.path = Path(path)
+        self.path = path if is_url(path) else Path(path)  # a URL stays a string (data.remote)
         self.fmt = fmt
         self.volume = volume
         self.mask = mask
@@ -62,6 +63,10 @@ class Segment:
         self.storage = storage  # e.g. "65 uncompressed TIFF layers (memory-mapped)" or zarr chunking
         self.attrs = dict(attrs or {})  # metadata stored with the segment (zarr attrs), else empty
         self._papyrus: np.ndarray | None = None
+        # training masks (bool (y, x) or None; villa's layout ships them, see data.layouts):
+        self.supervision_mask: np.ndarray | None = None  # the pixels that count in the loss and metrics
+        self.validation_mask: np.ndarray | None = None  # a validation region
+        self.ignore_mask: np.ndarray | None = None  # pixels removed from the loss and the metrics
 
     @property
     def z_range(self) -> tuple[int, int]:
@@ -110,6 +115,16 @@ class Segment:
             tile[:, y0 - y:y1 - y, x0 - x:x1 - x] = self.volume[z0:z0 + depth, y0:y1, x0:x1]
         return tile
 
+    def scored_mask(self) -> np.ndarray:
+        """The pixels that count in the loss and the metrics: papyrus, within the supervision mask when
+        there is one, outside the ignore mask."""
+        scored = self.papyrus_mask()
+        if self.supervision_mask is not None:
+            scored = scored & self.supervision_mask
+        if self.ignore_mask is not None:
+            scored = scored & ~self.ignore_mask
+        return scored
+
     def papyrus_mask(self) -> np.ndarray:
         """The mask, or all True when the segment has none."""
         if self.mask is not None:
@@ -124,7 +139,12 @@ class Segment:
 
 def open_segment(path: str | Path, z_range: Sequence[int] | None = None, reverse: bool = False,
                  downsample: int = 1) -> Segment:
-    """Open a segment lazily (see the module docstring for formats and options); raises SegmentError."""
+    """Open a segment lazily (see the module docstring for formats and options); raises SegmentError.
+    ``path`` may be an ``https://`` or ``s3://`` URL (see :mod:`~napari_vesuvius_pt.data.remote`)."""
+    if is_url(path):
+        from napari_vesuvius_pt.data.remote import locate_url
+
+        return _assemble(locate_url(str(path)), z_range, reverse, _check_downsample(downsample))
     path = Path(path).expanduser()
     if not path.exists():
         raise SegmentError(f"segment not found: {path}")
@@ -188,6 +208,9 @@ def _assemble(found: Located, z_range, reverse: bool, factor: int) -> Segment:
     if loaded["ir"] is not None:
         ir = block_reduce(loaded["ir"], factor, "mean")
     segment = Segment(found.name, path, found.fmt, volume, mask, inklabels, ir, [volume], source.storage, found.attrs)
+    for kind in TRAINING_MASKS:  # reduced like the mask: a pixel is set when half of its block is
+        if loaded[kind] is not None:
+            setattr(segment, kind, block_reduce(loaded[kind], factor, "majority"))
     for level in found.levels:  # coarser levels for display, with the same z selection when their depth matches
         if level.shape[0] == source.shape[0] and level.shape[1] < segment.shape[1]:
             segment.levels.append(LazyVolume(level, segment.z_range, segment.reverse, 1))

@@ -16,10 +16,19 @@ Kinds here:
 - :class:`ArraySource`: any 3D array an *opener* returns: a multi-page TIFF (:class:`TiffOpener`), a zarr
   array (:class:`ZarrOpener`). Leading singleton axes (OME-Zarr ``t``, ``c``) are dropped.
 
-Adding a source: for another array store (a remote zarr over https or s3, say) write a picklable opener
-(``__call__`` returns an array with ``shape``, ``dtype``, ``chunks`` and numpy indexing) and build an
-``ArraySource`` from it with :func:`array_source`; for anything else subclass :class:`VolumeSource` and
-implement ``read``. Then teach :func:`~napari_vesuvius_pt.data.layouts.locate` to recognise its paths.
+Adding a source: for another array store write a picklable opener (``__call__`` returns an array with
+``shape``, ``dtype``, ``chunks`` and numpy indexing) and build an ``ArraySource`` from it with
+:func:`array_source`; for anything else subclass :class:`VolumeSource` and implement ``read``. Then teach
+:func:`~napari_vesuvius_pt.data.segment.open_segment` / :func:`~napari_vesuvius_pt.data.layouts.locate` to
+recognise its paths. The opener must pickle by value and re-open in a fresh process: DataLoader workers
+are started with spawn, so a Segment travels to them as pickles of its sources and nothing opened
+(file handles, sessions, event loops) may be in its state; open lazily in ``__call__``.
+
+The worked example is :mod:`~napari_vesuvius_pt.data.remote`: ``RemoteZarrOpener(url, name, settings)``
+holds a URL, the array's key in its group and the cache settings (plain values), and ``__call__`` opens
+the zarr through the on-disk chunk cache; ``locate_url`` builds the ``Located`` with
+:func:`~napari_vesuvius_pt.data.layouts.zarr_located` and ``array_source``; ``open_segment`` sends every
+``https://`` / ``s3://`` path there (``remote.is_url``).
 """
 
 from __future__ import annotations
@@ -31,6 +40,7 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
+from napari_vesuvius_pt.data.chunk_cache import cached
 from napari_vesuvius_pt.errors import SegmentError
 
 TIFF_SUFFIXES = (".tif", ".tiff")
@@ -62,8 +72,25 @@ def open_tiff_array(path: Path, memmap: bool, series: int | None = None):
     return zarr.open(store, mode="r")
 
 
+def _check_size(path: Path, tif, series, memmappable: bool) -> None:
+    """SegmentError when the file is shorter than its TIFF header says (a cut download or copy): checked
+    against the contiguous data's end, or the last page's strips/tiles (cheap: no pixel is read)."""
+    size = path.stat().st_size
+    if memmappable:
+        end = int(series.dataoffset) + int(series.nbytes)
+    else:
+        page = series.pages[-1] if len(series.pages) else tif.pages[0]
+        page = page.keyframe if page is None else page
+        ends = [int(o) + int(n) for o, n in zip(page.dataoffsets, page.databytecounts)]
+        end = max(ends) if ends else 0
+    if end > size:
+        raise SegmentError(f"{path} is truncated: its TIFF header places image data up to byte {end} but the file "
+                           f"has {size} bytes; re-copy or re-download it")
+
+
 def tiff_info(path: Path) -> tuple[tuple[int, ...], np.dtype, bool, str]:
-    """(shape, dtype, memory-mappable, compression name) of a TIFF's first series."""
+    """(shape, dtype, memory-mappable, compression name) of a TIFF's first series; SegmentError for a
+    file that is not a TIFF or is shorter than its header says."""
     import tifffile
 
     try:
@@ -74,6 +101,7 @@ def tiff_info(path: Path) -> tuple[tuple[int, ...], np.dtype, bool, str]:
             if "S" in series.axes:
                 raise SegmentError(f"{path} holds colour samples (axes {series.axes}); segment layers must be "
                                    "grayscale: convert them to single-channel TIFFs")
+            _check_size(path, tif, series, memmappable)
             return tuple(series.shape), np.dtype(series.dtype), memmappable, page.compression.name.lower()
     except (tifffile.TiffFileError, ValueError, IndexError, OSError) as exc:
         raise SegmentError(f"{path} is not a readable TIFF image ({exc})") from None
@@ -146,7 +174,12 @@ class TiffLayers(VolumeSource):
     def read(self, zs, ys, xs):
         out = np.empty((len(zs), ys.stop - ys.start, xs.stop - xs.start), dtype=self.dtype)
         for k, z in enumerate(zs):
-            out[k] = self._layer(z)[ys, xs]
+            try:
+                out[k] = self._layer(z)[ys, xs]
+            except (SegmentError, MemoryError, KeyboardInterrupt):
+                raise
+            except Exception as exc:
+                raise read_error(str(self.paths[z]), [z], ys, xs, exc) from None
         return out
 
 
@@ -184,6 +217,7 @@ class ArraySource(VolumeSource):
         self.dtype = np.dtype(dtype)
         self.storage = storage
         self._lead = (0,) * lead  # leading singleton axes (OME-Zarr t, c)
+        self.where = getattr(opener, "where", None) or storage  # the file or URL, in read errors
         self._arr = None
         self._lock = threading.Lock()
 
@@ -201,11 +235,27 @@ class ArraySource(VolumeSource):
     def array(self):
         if self._arr is None:
             with self._lock:
-                if self._arr is None:
-                    self._arr = self._opener()
+                if self._arr is None:  # chunked arrays read through the decoded-chunk cache
+                    self._arr = cached(self._opener())
         return self._arr
 
     def read(self, zs, ys, xs):
+        try:
+            return self._read(zs, ys, xs)
+        except (SegmentError, MemoryError, KeyboardInterrupt):
+            raise
+        except Exception as exc:
+            zs = list(zs)
+            raise read_error(self.where, zs, ys, xs, exc, self._chunks()) from None
+
+    def _chunks(self) -> tuple[int, ...] | None:
+        chunks = getattr(self._arr, "chunks", None)
+        try:
+            return tuple(int(c) for c in chunks)[len(self._lead):] if chunks is not None else None
+        except (TypeError, ValueError):
+            return None
+
+    def _read(self, zs, ys, xs):
         zs = list(zs)
         lo, hi = min(zs), max(zs) + 1
         if hi - lo <= 2 * len(zs):  # one read of the span (chunked stores decode each chunk once), then pick
@@ -220,9 +270,28 @@ class ArraySource(VolumeSource):
         return out
 
 
+def read_error(where: str, zs: Sequence[int], ys: slice, xs: slice, exc: BaseException,
+               chunks: tuple[int, ...] | None = None) -> SegmentError:
+    """A read that failed (a damaged chunk, a truncated file, a lost connection) as one line naming the file
+    or array, the region (file layers and pixels) and, for chunked arrays, the chunks it falls in."""
+    zs = list(zs)
+    lo, hi = min(zs), max(zs)
+    region = (f"layers {lo}..{hi}, rows {ys.start}..{ys.stop - 1}, columns {xs.start}..{xs.stop - 1}")
+    chunk = ""
+    if chunks and len(chunks) == 3:
+        cz, cy, cx = chunks
+        span = [(lo // cz, hi // cz), (ys.start // cy, (ys.stop - 1) // cy), (xs.start // cx, (xs.stop - 1) // cx)]
+        chunk = ", chunk indices " + ", ".join(f"{axis} {a}" if a == b else f"{axis} {a}..{b}"
+                                              for axis, (a, b) in zip("zyx", span))
+    detail = " ".join(str(exc).split()) or type(exc).__name__
+    return SegmentError(f"cannot read {where} ({region}{chunk}): {type(exc).__name__}: {detail[:200]}; the file may "
+                        "be damaged or truncated: re-copy, re-download or re-convert it")
+
+
 class TiffOpener:
     def __init__(self, path: Path, memmap: bool, series: int | None = None):
         self.path, self.memmap, self.series = path, memmap, series
+        self.where = str(path)
 
     def __call__(self):
         return open_tiff_array(self.path, self.memmap, self.series)
@@ -233,10 +302,16 @@ class ZarrOpener:
 
     def __init__(self, path: Path, name: str | None):
         self.path, self.name = path, name
+        self.where = f"{path}/{name}" if name else str(path)
 
     def __call__(self):
         import zarr
 
+        from napari_vesuvius_pt.data.tensorstore_array import open_local_zarr
+
+        fast = open_local_zarr(self.path, self.name)  # tensorstore when installed (bench_tile_read.py)
+        if fast is not None:
+            return fast
         node = zarr.open(str(self.path), mode="r")
         return node if self.name is None else node[self.name]
 
@@ -259,10 +334,14 @@ def array_source(opener: Callable[[], Any], arr: Any, label: str, where: str) ->
     if lead < 0 or any(s != 1 for s in shape[:lead]):
         raise SegmentError(f"zarr array {where} has shape {shape}; expected (z, y, x) (leading axes of size 1 allowed)")
     chunks = tuple(getattr(arr, "chunks", shape))[lead:]
-    compressors = getattr(arr, "compressors", None) or ((getattr(arr, "compressor", None),) if getattr(arr, "compressor", None) else ())
+    compressors = getattr(arr, "compressors", None)
+    if compressors is None:  # zarr 2 (zarr 3 has `compressors`, empty when uncompressed; `compressor` raises)
+        compressors = (getattr(arr, "compressor", None),)
     comp = ", ".join(type(c).__name__ for c in compressors if c is not None) or "uncompressed"
     storage = f"{label}, chunks {chunks}, {comp}"
-    return ArraySource(opener, shape, arr.dtype, storage, lead=lead)
+    src = ArraySource(opener, shape, arr.dtype, storage, lead=lead)
+    src.where = where
+    return src
 
 
 def zarr_source(path: Path, name: str | None, arr: Any, label: str) -> ArraySource:

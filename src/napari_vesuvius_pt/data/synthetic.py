@@ -7,9 +7,12 @@ faint, textured density increase in the layers at and just below the recto surfa
 rendered letters. Per voxel it is buried in the fibre texture and noise (not visible at a glance in one
 layer); over a few layers and a neighbourhood, as a small 3D CNN sees it, it is learnable.
 
-Scroll segments are the same sheet without ink labels, with another intensity distribution (higher
-background, lower contrast, more noise), the shift between scroll segments and fragments that
-normalization has to bridge.
+Scroll segments are the same sheet with another intensity distribution (higher background, lower
+contrast, more noise), the shift between scroll segments and fragments that normalization has to
+bridge. They carry ink too (letters on the sheet surface, the same density increase relative to the
+scroll's own papyrus-air contrast) but no labels: what pretraining on the scrolls is meant to learn
+from. ``fill_sheet`` writes lines of letters down to the bottom of the sheet (the scrolls always do;
+the demo's fragments do, so that the seed's "lower 30% of fragment 2" holds ink).
 """
 
 from __future__ import annotations
@@ -34,6 +37,7 @@ class SyntheticSegment:
     inklabels: np.ndarray | None  # uint8 0/1 (y, x), None for scroll segments
     name: str
     surface: np.ndarray | None = None  # float32 (y, x): z of the recto surface (ground truth for checks)
+    ink: np.ndarray | None = None  # uint8 0/1 (y, x): where ink was written (ground truth, never written out)
 
     @property
     def shape(self) -> tuple[int, int, int]:
@@ -74,8 +78,10 @@ def _blob_mask(rng: np.random.Generator, shape: tuple[int, int]) -> np.ndarray:
     return ndimage.binary_fill_holes(mask).astype(np.uint8)
 
 
-def _text_labels(rng: np.random.Generator, shape: tuple[int, int], text: str | None, mask: np.ndarray) -> np.ndarray:
-    """Letters rendered with Pillow's built-in font in lines across the sheet; 0/1 uint8."""
+def _text_labels(rng: np.random.Generator, shape: tuple[int, int], text: str | None, mask: np.ndarray,
+                 fill_sheet: bool = False) -> np.ndarray:
+    """Letters rendered with Pillow's built-in font in lines across the sheet; 0/1 uint8. With
+    ``fill_sheet`` the lines run from the top to the bottom of the plane."""
     from PIL import Image, ImageDraw, ImageFont
 
     h, w = shape
@@ -84,9 +90,12 @@ def _text_labels(rng: np.random.Generator, shape: tuple[int, int], text: str | N
     img = Image.new("L", (w, h), 0)
     draw = ImageDraw.Draw(img)
     n_lines = max(1, int(h / (1.5 * size)) - 1)
+    y = int(0.6 * size)
+    if fill_sheet:
+        y = int(0.3 * size)
+        n_lines = max(1, int((h - y - 0.5 * size) // (1.5 * size)) + 1)
     chars = max(2, int(w / (0.75 * size)))
     alphabet = string.ascii_uppercase
-    y = int(0.6 * size)
     for line in range(n_lines):
         if text is None:
             words = "".join(alphabet[i] for i in rng.integers(0, len(alphabet), chars))
@@ -128,28 +137,34 @@ def _sheet(shape: tuple[int, int, int], levels: dict[str, float], ink: np.ndarra
 
 
 def make_fragment(shape: tuple[int, int, int] = (24, 256, 256), seed: int = 0,
-                  ink_strength: float = DEFAULT_INK_STRENGTH, text: str | None = None) -> SyntheticSegment:
+                  ink_strength: float = DEFAULT_INK_STRENGTH, text: str | None = None,
+                  fill_sheet: bool = False) -> SyntheticSegment:
     """A labeled fragment: sheet, fibres, noise, an irregular mask and letters in ink (deterministic by seed).
 
-    ``text``: lines of letters to write (newline-separated); default random capitals.
+    ``text``: lines of letters to write (newline-separated); default random capitals. ``fill_sheet``:
+    lines down to the bottom of the sheet (default: the upper two thirds or so).
     """
     shape = _check_shape(shape)
     rng = np.random.default_rng(seed)
     mask = _blob_mask(rng, shape[1:])
-    labels = _text_labels(rng, shape[1:], text, mask)
+    labels = _text_labels(rng, shape[1:], text, mask, fill_sheet)
     volume, surface = _sheet(shape, _FRAGMENT_LEVELS, labels, float(ink_strength), rng)
     volume[:, mask == 0] = _outside(rng, volume[:, mask == 0], _FRAGMENT_LEVELS)
-    return SyntheticSegment(volume, mask, labels, f"synthetic-fragment-{seed}", surface)
+    return SyntheticSegment(volume, mask, labels, f"synthetic-fragment-{seed}", surface, labels)
 
 
-def make_scroll_segment(shape: tuple[int, int, int] = (24, 256, 256), seed: int = 0) -> SyntheticSegment:
-    """An unlabeled scroll segment with a shifted intensity distribution (brighter, flatter, noisier)."""
+def make_scroll_segment(shape: tuple[int, int, int] = (24, 256, 256), seed: int = 0,
+                        ink_strength: float = DEFAULT_INK_STRENGTH, text: str | None = None) -> SyntheticSegment:
+    """An unlabeled scroll segment with a shifted intensity distribution (brighter, flatter, noisier)
+    that holds ink: letters over the whole sheet, ``ink_strength`` of the scroll's own papyrus-air
+    contrast (0: a blank sheet). No ink labels; ``.ink`` keeps where the ink is, for checks."""
     shape = _check_shape(shape)
     rng = np.random.default_rng(seed)
     mask = _blob_mask(rng, shape[1:])
-    volume, surface = _sheet(shape, _SCROLL_LEVELS, None, 0.0, rng)
+    ink = _text_labels(rng, shape[1:], text, mask, fill_sheet=True) if ink_strength > 0 else None
+    volume, surface = _sheet(shape, _SCROLL_LEVELS, ink, float(ink_strength), rng)
     volume[:, mask == 0] = _outside(rng, volume[:, mask == 0], _SCROLL_LEVELS)
-    return SyntheticSegment(volume, mask, None, f"synthetic-segment-{seed}", surface)
+    return SyntheticSegment(volume, mask, None, f"synthetic-segment-{seed}", surface, ink)
 
 
 def _outside(rng: np.random.Generator, values: np.ndarray, levels: dict[str, float]) -> np.ndarray:

@@ -272,6 +272,29 @@ def split_by_regions(
     return np.nonzero(train)[0].astype(np.int64), np.nonzero(val)[0].astype(np.int64)
 
 
+def split_by_mask(grid: TileGrid, region: np.ndarray, margin: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """``split_by_regions`` with the validation region given as a bool ``(y, x)`` raster (a validation
+    mask): a tile validates when its centre pixel is in ``region``; a tile trains only when it shares no
+    pixel (grown by ``margin``) with the region or a validation tile."""
+    region = np.asarray(region, dtype=bool)
+    if region.shape != tuple(grid.shape):
+        raise ConfigError(f"validation mask is {region.shape[0]}x{region.shape[1]} but the tile grid's plane is "
+                          f"{grid.shape[0]}x{grid.shape[1]}")
+    if not region.any():
+        raise ConfigError("the validation mask is empty (all zero): no validation region")
+    if len(grid) == 0:
+        return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64)
+    cy = np.clip(np.floor(grid.centres[:, 0]).astype(np.int64), 0, region.shape[0] - 1)
+    cx = np.clip(np.floor(grid.centres[:, 1]).astype(np.int64), 0, region.shape[1] - 1)
+    val = region[cy, cx]
+    forbidden = _dilate(region | grid.footprint(np.nonzero(val)[0]), int(margin))
+    ys, yi = np.unique(grid.positions[:, 0], return_inverse=True)
+    xs, xi = np.unique(grid.positions[:, 1], return_inverse=True)
+    overlap = window_sums(forbidden, ys, xs, grid.size)[yi.ravel(), xi.ravel()] > 0
+    train = ~val & ~overlap
+    return np.nonzero(train)[0].astype(np.int64), np.nonzero(val)[0].astype(np.int64)
+
+
 def scale_polygons(polygons: Sequence[np.ndarray], factor: float) -> list[np.ndarray]:
     """Polygons in full-resolution pixels -> pixels of a segment downsampled by ``factor``.
 

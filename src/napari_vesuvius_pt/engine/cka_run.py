@@ -129,11 +129,21 @@ def validate(cfg: CKAConfig) -> None:
         raise ConfigError(f"batch size must be at least 1, got {cfg.batch_size}")
     if not cfg.out:
         raise ConfigError("no output folder given; pass --out DIR")
+    if cfg.seed < 0:
+        raise ConfigError(f"seed must be 0 or more, got {cfg.seed}")
 
 
 def cka(cfg: CKAConfig) -> Iterator[Event]:
-    """Yield Started, TilesDone while features are computed, one MatrixUpdated per source, Finished."""
+    """Yield Started, TilesDone while features are computed, one MatrixUpdated per source, Finished.
+    The output folder is locked while the job writes into it (a second job there is refused)."""
+    from napari_vesuvius_pt.engine.run_lock import folder_lock, hold
+
     validate(cfg)
+    with hold(folder_lock(cfg.out, f"CKA folder {cfg.out}")):
+        yield from _cka(cfg)
+
+
+def _cka(cfg: CKAConfig) -> Iterator[Event]:
     out = Path(cfg.out).expanduser()
     device = resolve_device(cfg.device)
     data, tile, spec = resolve_settings(cfg, expand_sources(cfg.sources, seed=cfg.seed))

@@ -8,6 +8,7 @@ a run in one process all read the same tiles in the same order with the same shi
 
 from __future__ import annotations
 
+import dataclasses
 import queue
 import threading
 from dataclasses import dataclass
@@ -118,16 +119,20 @@ class PretrainViews(Dataset):
 
 
 class InkTiles(Dataset):
-    """``dataset[(i, sample_seed)]`` -> (float32 tile ``(depth, size, size)``, float32 ink ``(size, size)``).
+    """``dataset[(i, sample_seed)]`` -> (float32 tile ``(depth, size, size)``, float32 ink ``(size, size)``),
+    and with ``weighted`` a third item: float32 ``(size, size)``, 1 where a pixel counts in the loss (the
+    segment's ``scored_mask``: papyrus, inside its supervision mask, outside its ignore mask), else 0.
 
     Training tiles start 0..max_shift layers below the source's z0 (a z-translation drawn from the
     sample's seed); validation tiles (``max_shift=0``) all start at z0.
     """
 
-    def __init__(self, sources: Sequence[TileSource], index: np.ndarray, depth: int, size: int, max_shift: int = 0) -> None:
+    def __init__(self, sources: Sequence[TileSource], index: np.ndarray, depth: int, size: int, max_shift: int = 0,
+                 weighted: bool = False) -> None:
         self.sources = list(sources)
         self.index = np.asarray(index, dtype=np.int64)
         self.depth, self.size, self.max_shift = int(depth), int(size), int(max_shift)
+        self.weighted = bool(weighted)
 
     def __len__(self) -> int:
         return len(self.index)
@@ -144,7 +149,65 @@ class InkTiles(Dataset):
         shift = int(np.random.default_rng(sample_seed).integers(0, self.max_shift + 1)) if self.max_shift else 0
         tile = src.segment.read_tile(src.z0 + shift, y, x, self.depth, self.size)
         labels = (self.labels(i) > 0).astype(np.float32)
-        return torch.from_numpy(src.normalizer(tile)), torch.from_numpy(labels)
+        if not self.weighted:
+            return torch.from_numpy(src.normalizer(tile)), torch.from_numpy(labels)
+        weight = np.zeros((self.size, self.size), np.float32)  # outside the plane: nothing counts
+        scored = src.segment.scored_mask()[y:y + self.size, x:x + self.size]
+        weight[:scored.shape[0], :scored.shape[1]] = scored
+        if labels.shape != weight.shape:
+            padded = np.zeros_like(weight)
+            padded[:labels.shape[0], :labels.shape[1]] = labels
+            labels = padded
+        return torch.from_numpy(src.normalizer(tile)), torch.from_numpy(labels), torch.from_numpy(weight)
+
+
+# ---------------------------------------------------------------- validation tiles
+
+VAL_CACHE_BYTES = 1 << 30  # normalized validation tiles kept in memory between epochs (float32)
+
+
+class ValidationTiles:
+    """The validation tiles of a fine-tuning run: a fixed random subsample of ``subsample`` tiles scored
+    each epoch and all of them at the last epoch (``subsample`` 0: all, every epoch), with the
+    normalized tiles cached between epochs (up to ``max_bytes``; the subsample's tiles first, as they are
+    read every epoch). The subsample is a function of the seed and the tile count, the same on resume.
+    """
+
+    def __init__(self, source: TileSource, depth: int, size: int, subsample: int = 0, seed: int = 0,
+                 max_bytes: int = VAL_CACHE_BYTES) -> None:
+        if subsample < 0:
+            raise ConfigError(f"val_subsample must be 0 (all tiles) or more, got {subsample}")
+        self.full, self.depth, self.size, self.max_bytes = source, int(depth), int(size), int(max_bytes)
+        n = len(source.grid)
+        self.sample = source
+        if 0 < subsample < n:
+            keep = np.sort(np.random.default_rng([int(seed), n, 14]).choice(n, int(subsample), replace=False))
+            self.sample = dataclasses.replace(source, grid=source.grid.subset(keep))
+        self._cache: dict[tuple[int, int], np.ndarray] = {}
+        self.cached_bytes = 0
+        self.reads = 0  # tiles read from the segment (the rest came from the cache)
+
+    @property
+    def subsampled(self) -> bool:
+        return self.sample is not self.full
+
+    def for_epoch(self, epoch: int, epochs: int) -> TileSource:
+        """The tiles to score after ``epoch`` of ``epochs``: the subsample, or all at the last epoch."""
+        return self.full if epoch >= epochs else self.sample
+
+    def tile(self, y: int, x: int) -> np.ndarray:
+        """The normalized float32 ``(depth, size, size)`` tile at ``(y, x)`` (read once, then cached)."""
+        key = (int(y), int(x))
+        hit = self._cache.get(key)
+        if hit is not None:
+            return hit
+        src = self.full
+        tile = src.normalizer(src.segment.read_tile(src.z0, key[0], key[1], self.depth, self.size))
+        self.reads += 1
+        if self.cached_bytes + tile.nbytes <= self.max_bytes:
+            self._cache[key] = tile
+            self.cached_bytes += tile.nbytes
+        return tile
 
 
 # ---------------------------------------------------------------- batch order

@@ -1,7 +1,9 @@
 """Score a prediction store against a fragment's ink labels: F0.5 at the best threshold of a sweep
 (0.10-0.95, the winning Kaggle solutions' range) and at 0.5, precision, recall and ROC AUC.
 
-Where: the papyrus mask, intersected with the region polygons when given. Grid: each prediction is
+Where: the papyrus mask, intersected with the region polygons when given (or with the segment's own
+validation mask, ``region=VALIDATION_MASK``), inside the segment's supervision mask and outside its
+ignore mask when it has them (villa's layout; ``masks=False`` scores without them). Grid: each prediction is
 scored on its own stored grid. At a reduced output size (one pixel per ``r x r`` block of the plane)
 the ink labels and the mask/region are average-pooled to that grid and thresholded at 0.5: a block is
 ink when at least half of its pixels are, and is scored when at least half of it lies in the mask and
@@ -19,6 +21,7 @@ scores, as events any front end can consume.
 from __future__ import annotations
 
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -33,6 +36,26 @@ from napari_vesuvius_pt.engine.tiling import region_mask
 from napari_vesuvius_pt.errors import RunError, SegmentError
 
 METRIC_KEYS = ("f05", "threshold", "precision", "recall", "auc", "f05_at_05")
+VALIDATION_MASK = "validation_mask"  # as a region: the segment's own validation mask
+
+
+def scored_area(seg: Any, region: str | Path | None = None, masks: bool = True) -> np.ndarray:
+    """The pixels of ``seg`` that are scored: papyrus (within the supervision mask, outside the ignore
+    mask, with ``masks``), within ``region`` (polygons, or ``VALIDATION_MASK``)."""
+    where = np.asarray(seg.scored_mask() if masks else seg.papyrus_mask(), dtype=bool)
+    if region is None:
+        return where
+    if str(region) == VALIDATION_MASK:
+        if getattr(seg, "validation_mask", None) is None:
+            raise SegmentError(f"{seg.name} ({seg.path}) has no validation mask (<id>_validation_mask.png or .zarr)")
+        where = where & seg.validation_mask
+    else:
+        from napari_vesuvius_pt.data.tiles import load_regions
+
+        where = where & region_mask(load_regions(region), where.shape, int(seg.downsample), seg.name)
+    if not where.any():
+        raise SegmentError(f"region {region} covers no scored papyrus of {seg.name}; draw it on the fragment")
+    return where
 
 
 def _open_segment_for(store: PredictionStore, segment: Any, names: Sequence[str]) -> Any:
@@ -52,15 +75,28 @@ def _tiles_with_ink(ink: np.ndarray, tile: int) -> np.ndarray:
     return has_ink.repeat(tile, axis=0).repeat(tile, axis=1)[: ink.shape[0], : ink.shape[1]]
 
 
-def evaluate(prediction: str | Path | PredictionStore, segment: Any, region: str | Path | None = None,
-             skip_empty: bool = False, names: Sequence[str] | None = None,
-             thresholds: Any = DEFAULT_THRESHOLDS, beta: float = 0.5,
-             partial: bool = False) -> dict[str, BinaryMetrics]:
-    """Metrics per encoder of ``prediction`` (a store or its path) against ``segment`` (a path, opened
-    as the prediction read it, or an opened Segment).
+@dataclass(frozen=True)
+class ScoredPlane:
+    """One encoder's prediction on its stored grid with what it is scored against there."""
 
-    ``partial``: score a stopped prediction on the rows written so far instead of refusing it.
-    """
+    name: str
+    raw: np.ndarray  # the stored values (float16 probabilities or uint8 probability x 255)
+    scale: float  # 255 for uint8, else 1
+    ink: np.ndarray  # bool, the labels pooled to the grid
+    scored: np.ndarray  # bool, the pixels that count (mask, region, rows written, ink tiles)
+    grid: int  # full-resolution pixels per stored value along each axis
+    tile: int  # the model's tile size in full-resolution pixels (0 when unknown)
+
+    @property
+    def probabilities(self) -> np.ndarray:
+        return self.raw.astype(np.float32) / np.float32(self.scale)
+
+
+def scored_planes(prediction: str | Path | PredictionStore, segment: Any, region: str | Path | None = None,
+                  skip_empty: bool = False, names: Sequence[str] | None = None,
+                  partial: bool = False, masks: bool = True) -> Iterator[ScoredPlane]:
+    """Each encoder of ``prediction`` on its grid with its pooled labels and scored area, as
+    ``evaluate`` scores them (see the module docstring); arguments as for ``evaluate``."""
     store = prediction if isinstance(prediction, PredictionStore) else open_prediction(prediction)
     names = list(names) if names else store.names
     if not names:
@@ -71,16 +107,9 @@ def evaluate(prediction: str | Path | PredictionStore, segment: Any, region: str
     if seg.inklabels is None:
         raise SegmentError(f"{seg.name} ({seg.path}) has no ink labels to evaluate against; "
                            "evaluate on a fragment with inklabels.png")
-    where = np.asarray(seg.papyrus_mask(), dtype=bool)
-    if region is not None:
-        from napari_vesuvius_pt.data.tiles import load_regions
-
-        where = where & region_mask(load_regions(region), plane, int(seg.downsample), seg.name)
-        if not where.any():
-            raise SegmentError(f"region {region} covers no papyrus of {seg.name}; draw it on the fragment")
+    where = scored_area(seg, region, masks)
     labels = np.asarray(seg.inklabels) > 0
 
-    results: dict[str, BinaryMetrics] = {}
     pooled: dict[int, tuple[np.ndarray, np.ndarray]] = {}
     for name in names:
         info = store.info(name)
@@ -99,8 +128,9 @@ def evaluate(prediction: str | Path | PredictionStore, segment: Any, region: str
                 raise RunError(f"{store.path}/{name} is incomplete ({done} of {array.shape[0]} rows written); "
                                f"run the same vesuvius-pt predict again to finish it, or evaluate the part done")
             scored[done:] = False
+        tile_px = int((info.get("tile") or {}).get("size", 0) or 0)
         if skip_empty:
-            tile = max(1, int((info.get("tile") or {}).get("size", grid)) // grid)
+            tile = max(1, (tile_px or grid) // grid)
             scored &= _tiles_with_ink(ink & scored, tile)
         if not scored.any():
             raise SegmentError(f"nothing to score for {name}: no pixel of {seg.name} is in the mask"
@@ -109,8 +139,64 @@ def evaluate(prediction: str | Path | PredictionStore, segment: Any, region: str
                                + (" in the rows written so far" if done < array.shape[0] else ""))
         raw = np.asarray(array[...])
         scale = 255.0 if raw.dtype == np.uint8 else 1.0
-        results[name] = fbeta_sweep(raw, ink, beta=beta, thresholds=thresholds, mask=scored, scale=scale)
-    return results
+        yield ScoredPlane(name, raw, scale, ink, scored, grid, tile_px)
+
+
+def evaluate(prediction: str | Path | PredictionStore, segment: Any, region: str | Path | None = None,
+             skip_empty: bool = False, names: Sequence[str] | None = None,
+             thresholds: Any = DEFAULT_THRESHOLDS, beta: float = 0.5,
+             partial: bool = False, masks: bool = True) -> dict[str, BinaryMetrics]:
+    """Metrics per encoder of ``prediction`` (a store or its path) against ``segment`` (a path, opened
+    as the prediction read it, or an opened Segment).
+
+    ``partial``: score a stopped prediction on the rows written so far instead of refusing it.
+    ``masks``: honour the segment's supervision and ignore masks (see the module docstring).
+    """
+    return {p.name: fbeta_sweep(p.raw, p.ink, beta=beta, thresholds=thresholds, mask=p.scored, scale=p.scale)
+            for p in scored_planes(prediction, segment, region, skip_empty, names, partial, masks)}
+
+
+def baseline_rows(prediction: str | Path | PredictionStore | None, segment: Any,
+                  region: str | Path | None = None, skip_empty: bool = False,
+                  train_fragments: Sequence[str | Path] | None = None,
+                  method: str = "lda") -> dict[str, BinaryMetrics]:
+    """The baselines beside the encoders' rows: ``"all ink"`` always, and ``"linear z-profile"`` (the
+    per-pixel linear model on 5x5-smoothed z-profiles, ``engine.baselines``) when it has pixels to
+    train on: the segment outside ``region`` (with a region), plus any ``train_fragments``.
+
+    ``prediction`` (optional) gives how the segment was read (z range, downsampling) and the tile size
+    for ``skip_empty``; the baseline z-scores each segment itself. Scored at full resolution, on the
+    same pixels as ``evaluate`` (mask and region, ink tiles with ``skip_empty``).
+    """
+    from napari_vesuvius_pt.analysis.baseline import ALL_INK_NAME, all_ink_metrics
+    from napari_vesuvius_pt.data.segment import open_from_config
+    from napari_vesuvius_pt.engine.baselines import DEFAULT_DATA, linear_baseline
+
+    data, tile = DEFAULT_DATA, 0
+    if prediction is not None:
+        store = prediction if isinstance(prediction, PredictionStore) else open_prediction(prediction)
+        if store.names:
+            info = store.info(store.names[0])
+            saved = from_dict(DataConfig, dict(info.get("data") or {}), where=f"{store.path}: data")
+            data = DataConfig(z_range=saved.z_range, reverse=saved.reverse, downsample=saved.downsample,
+                              normalization="zscore")
+            tile = int((info.get("tile") or {}).get("size", 0) or 0)
+    path = segment if isinstance(segment, (str, Path)) else segment.path
+    train = [str(p) for p in (train_fragments or ())]
+    if region is not None or train:
+        result = linear_baseline([path, *train] if region is not None else train,
+                                 val_fragment=None if region is not None else path,
+                                 val_region=region, data=data, method=method,
+                                 skip_empty=skip_empty, tile=tile or 64)
+        return result.rows
+    seg = open_from_config(path, data)
+    if seg.inklabels is None:
+        raise SegmentError(f"{seg.name} ({seg.path}) has no ink labels to score baselines against")
+    where = scored_area(seg)
+    labels = np.asarray(seg.inklabels) > 0
+    if skip_empty:
+        where &= _tiles_with_ink(labels & where, max(1, tile or 64))
+    return {ALL_INK_NAME: all_ink_metrics(labels, where)}
 
 
 def metrics_as_json(results: dict[str, BinaryMetrics]) -> dict[str, dict[str, float]]:

@@ -14,6 +14,7 @@ the epoch-end metrics and the model's own checkpoint fields); the loop never loo
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import time
 from collections.abc import Callable, Iterator
@@ -32,12 +33,21 @@ from napari_vesuvius_pt.engine.datasets import EpochBatches, close_batches, iter
 from napari_vesuvius_pt.engine.device import describe_device, release_device_memory
 from napari_vesuvius_pt.engine.distributed import DistContext, maybe_no_sync, unwrap
 from napari_vesuvius_pt.engine.events import EpochDone, Event, Failed, Finished, Started, StepDone
-from napari_vesuvius_pt.engine.failures import is_out_of_memory, nonfinite_message, out_of_memory_message
+from napari_vesuvius_pt.engine.failures import (
+    check_batch,
+    check_step_fits,
+    from_worker,
+    is_out_of_memory,
+    nonfinite_message,
+    out_of_memory_message,
+)
 from napari_vesuvius_pt.engine.optim import build_optimizer, current_lr, schedule_for
 from napari_vesuvius_pt.engine.precision import Precision
 from napari_vesuvius_pt.engine.rng import capture_rng, mix_seed, restore_rng
+from napari_vesuvius_pt.engine.resume import resume_changes
 from napari_vesuvius_pt.engine.run_folder import RunFolder
-from napari_vesuvius_pt.errors import ConfigError, RunError
+from napari_vesuvius_pt.engine.run_lock import folder_lock, hold
+from napari_vesuvius_pt.errors import ConfigError, RunError, VesuviusError
 
 C = TypeVar("C", bound=TrainingConfig)
 
@@ -82,6 +92,29 @@ def validate_training(cfg: TrainingConfig) -> None:
         raise ConfigError(f"steps_per_epoch must be at least 1 (or empty for one pass over the tiles), got {cfg.steps_per_epoch}")
     if cfg.optim.accumulate < 1:
         raise ConfigError(f"optim.accumulate must be at least 1, got {cfg.optim.accumulate}")
+    if cfg.batch_size < 1:
+        raise ConfigError(f"batch size must be at least 1, got {cfg.batch_size}")
+    if cfg.seed < 0:
+        raise ConfigError(f"seed must be 0 or more, got {cfg.seed}")
+    if not cfg.optim.lr > 0:
+        raise ConfigError(f"the learning rate must be greater than 0, got {cfg.optim.lr}")
+    if cfg.optim.warmup_epochs < 0:
+        raise ConfigError(f"optim.warmup_epochs must be 0 or more, got {cfg.optim.warmup_epochs}")
+    if cfg.num_workers < 0 or cfg.prefetch < 0:
+        raise ConfigError(f"num_workers and prefetch must be 0 or more, got {cfg.num_workers} and {cfg.prefetch}")
+
+
+@contextlib.contextmanager
+def hold_run(cfg: TrainingConfig) -> Iterator[None]:
+    """Hold the run folder's lock for a run (rank 0 under torchrun): a second run into the same folder is
+    refused while this one lives; the temporary files a killed run left there are removed."""
+    folder = Path(cfg.resume or cfg.out).expanduser()
+    if cfg.resume and not folder.is_dir():
+        raise RunError(f"cannot resume: run folder {folder} does not exist")
+    with hold(folder_lock(folder)) as lock:
+        if lock.held:
+            RunFolder(folder).clean_stale_temporaries()
+        yield
 
 
 # ---------------------------------------------------------------- 2. the run folder
@@ -98,7 +131,10 @@ def open_run(cfg: C, kind: str, check_resumable: Callable[[C, dict[str, Any], Pa
     payload: dict[str, Any] | None = None
     if cfg.resume:
         ckpt_path, payload = run.load_latest(kind)
+        changes = resume_changes(cfg, payload, ckpt_path, run.path)
         check_resumable(cfg, payload, ckpt_path)
+        if changes or run.notes:
+            run.record_resume(ckpt_path, payload, changes)
     return run, payload, dataclasses.replace(cfg, out=str(run.path), resume=None)
 
 
@@ -152,17 +188,22 @@ def plan_steps(cfg: TrainingConfig, n_tiles: int, world_size: int) -> tuple[int,
 def prepare_training(cfg: TrainingConfig, cfg_run: TrainingConfig, ctx: DistContext, run: RunFolder,
                      payload: dict[str, Any] | None, model: nn.Module, param_groups: list[dict[str, Any]],
                      n_tiles: int, data_filled: DataConfig, normalization: dict[str, dict[str, float]],
-                     summary_extra: dict[str, Any] | None = None) -> Training:
+                     summary_extra: dict[str, Any] | None = None, views: int = 1) -> Training:
     """Plan the steps, build the optimizer over ``param_groups`` (see :func:`build_optimizer`), its
     warm-up + cosine schedule and the precision; when resuming (``payload``), restore them and the RNG
     state from the checkpoint and drop the run's metric lines after its epoch.
 
     ``model`` (wrapped for DDP) already holds the checkpoint's weights: loading them is the run's job.
+    A batch larger than the tiles, or a step that cannot fit in the device's memory (``views`` forward
+    passes per tile), is refused here, before the first batch is read.
     """
+    check_batch(cfg, n_tiles, ctx.world_size)
+    inner = unwrap(model)
+    check_step_fits(cfg, inner, getattr(inner, "encoder", inner), ctx.device, views=views)
     accumulate, steps, total_steps = plan_steps(cfg, n_tiles, ctx.world_size)
     optimizer = build_optimizer(param_groups, cfg.optim)
     schedule = schedule_for(optimizer, cfg.optim, steps, total_steps)
-    precision = Precision(ctx.device, cfg.amp)
+    precision = Precision(ctx.device, cfg.amp, cfg.cpu_bf16)
     first_epoch, skip, partial = 0, 0, None
     if payload is not None:
         optimizer.load_state_dict(payload["optimizer"])
@@ -198,6 +239,9 @@ def train_epochs(t: Training, task: RunSteps, dataset: Dataset) -> Iterator[Even
         out.update({f"final_{k}": v for k, v in last_metrics.items()})
         if ctx.is_main and run.latest_checkpoint() is not None:
             out["checkpoint"] = str(run.latest_checkpoint())
+        notes = [*t.summary_extra.get("notes", []), *run.notes]
+        if notes:
+            out["notes"] = notes
         return out
 
     try:
@@ -275,8 +319,9 @@ def train_epochs(t: Training, task: RunSteps, dataset: Dataset) -> Iterator[Even
         last_metrics = metrics
         checkpoint = None
         if ctx.is_main:
-            checkpoint = run.save(checkpoint_payload(t, task, epoch, 0, metrics, None), completed_epoch=True)
-            run.append_metrics({"epoch": epoch, **metrics})
+            # the metrics line is part of the epoch's commit (written first; see RunFolder.save)
+            checkpoint = run.save(checkpoint_payload(t, task, epoch, 0, metrics, None), completed_epoch=True,
+                                  metrics={"epoch": epoch, **metrics})
         skip, partial = 0, None
         if stopped:
             ctx.announce_stop(epoch < cfg.epochs)
@@ -310,7 +355,10 @@ def train_step(t: Training, task: RunSteps, it: Iterator, aug_gen: torch.Generat
     try:
         for micro in range(accumulate):
             tw = time.perf_counter()
-            batch = next(it)
+            try:
+                batch = next(it)
+            except VesuviusError as exc:  # a damaged tile read in a DataLoader worker: its own message
+                raise from_worker(exc) from None
             wait += time.perf_counter() - tw
             aug_gen.manual_seed(mix_seed(cfg.seed, epoch, step, micro, ctx.rank))
             with maybe_no_sync(t.model, micro < accumulate - 1):

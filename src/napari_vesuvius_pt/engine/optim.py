@@ -72,38 +72,49 @@ def build_optimizer(param_groups: list[dict[str, Any]], optim: OptimConfig) -> t
     return LARS(groups, lr=optim.lr, weight_decay=optim.weight_decay, momentum=optim.momentum)
 
 
-def warmup_cosine_factor(step: int, total_steps: int, warmup_steps: int, min_lr_ratio: float) -> float:
+def warmup_cosine_factor(step: int, total_steps: int, warmup_steps: int, min_lr_ratio: float,
+                         warmup_start: float = 0.0) -> float:
     """The learning rate at optimizer step ``step`` (0 first) as a fraction of a group's starting rate:
-    ``(step + 1) / warmup_steps`` during the warm-up, then a cosine from 1 down to ``min_lr_ratio`` at
-    ``total_steps``."""
+    ``warmup_start + (1 - warmup_start) * (step + 1) / warmup_steps`` during the warm-up, then a cosine
+    from 1 down to ``min_lr_ratio`` at ``total_steps``."""
     if step < warmup_steps:
-        return (step + 1) / warmup_steps
+        return warmup_start + (1.0 - warmup_start) * (step + 1) / warmup_steps
     span = max(1, total_steps - warmup_steps)
     progress = min(1.0, (step - warmup_steps) / span)
     return min_lr_ratio + (1.0 - min_lr_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))
 
 
-def warmup_cosine(optimizer: torch.optim.Optimizer, total_steps: int, warmup_steps: int, min_lr_ratio: float) -> LambdaLR:
+def warmup_cosine(optimizer: torch.optim.Optimizer, total_steps: int, warmup_steps: int, min_lr_ratio: float,
+                  warmup_start: float = 0.0, steps_per_unit: int = 1) -> LambdaLR:
     """Linear warm-up over ``warmup_steps`` optimizer steps, then cosine decay to ``min_lr_ratio``; every
     parameter group follows the curve from its own starting rate (``lr * lr_scale``).
 
     Call ``step()`` after each optimizer step. The rate is a function of the step count alone, which the
     scheduler's ``state_dict`` holds, so a resumed run follows the same curve. The curve's shape is not
     saved: a run resumed with more epochs stretches its cosine over the new total.
+
+    ``steps_per_unit`` > 1 holds the rate for that many steps (once per epoch, as the seed stepped it);
+    ``total_steps`` and ``warmup_steps`` then count those units.
     """
     total = max(1, int(total_steps))
     warmup = max(0, min(int(warmup_steps), total))
-    ratio = float(min_lr_ratio)
+    ratio, start, unit = float(min_lr_ratio), float(warmup_start), max(1, int(steps_per_unit))
 
     def factor(step: int) -> float:
-        return warmup_cosine_factor(step, total, warmup, ratio)
+        return warmup_cosine_factor(step // unit, total, warmup, ratio, start)
 
     return LambdaLR(optimizer, factor)
 
 
 def schedule_for(optimizer: torch.optim.Optimizer, optim: OptimConfig, steps_per_epoch: int, total_steps: int) -> LambdaLR:
-    """The run's schedule: ``optim.warmup_epochs`` of warm-up, decaying to ``optim.min_lr_ratio`` at the end."""
-    return warmup_cosine(optimizer, total_steps, round(optim.warmup_epochs * steps_per_epoch), optim.min_lr_ratio)
+    """The run's schedule: ``optim.warmup_epochs`` of warm-up from ``optim.warmup_start``, decaying to
+    ``optim.min_lr_ratio`` at the end; per step, or per epoch with ``optim.schedule_unit == "epoch"``."""
+    if optim.schedule_unit == "epoch":
+        epochs = max(1, round(total_steps / max(1, steps_per_epoch)))
+        return warmup_cosine(optimizer, epochs, round(optim.warmup_epochs), optim.min_lr_ratio,
+                             optim.warmup_start, steps_per_unit=steps_per_epoch)
+    return warmup_cosine(optimizer, total_steps, round(optim.warmup_epochs * steps_per_epoch), optim.min_lr_ratio,
+                         optim.warmup_start)
 
 
 def current_lr(optimizer: torch.optim.Optimizer) -> float:

@@ -25,6 +25,7 @@ tiles of the default.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import re
@@ -40,6 +41,8 @@ import numpy as np
 import torch
 
 from napari_vesuvius_pt.config import (
+    PREDICT_DIRECTIONS,
+    PREDICT_FORMATS,
     DataConfig,
     PredictConfig,
     TileConfig,
@@ -52,9 +55,12 @@ from napari_vesuvius_pt.engine.device import (
     resolve_device,
 )
 from napari_vesuvius_pt.engine.events import Event, Failed, Finished, Started, TilesDone
+from napari_vesuvius_pt.engine.precision import use_autocast
 from napari_vesuvius_pt.engine.prediction_store import (
     ENCODINGS,
     PredictionStore,
+    export_tiff,
+    write_mean,
     SegmentInfo,
     encode,
 )
@@ -114,6 +120,8 @@ def load_predictor(path: str | Path, name: str | None = None, data: DataConfig |
 
 
 def _check(cfg: PredictConfig) -> None:
+    if cfg.format not in PREDICT_FORMATS:
+        raise ConfigError(f"unknown output format {cfg.format!r}; use one of {', '.join(PREDICT_FORMATS)}")
     if cfg.weighting not in WEIGHTINGS:
         raise ConfigError(f"unknown weighting {cfg.weighting!r}; use one of {', '.join(WEIGHTINGS)}")
     if cfg.dtype not in ENCODINGS:
@@ -270,20 +278,37 @@ def _channels_last(model: torch.nn.Module, device: torch.device) -> Iterator[Non
             m.to(memory_format=torch.contiguous_format)
 
 
+def tta_probabilities(model: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """Test-time augmentation: the mean ink probability over the 8 symmetries of the square tile plane
+    (4 rotations, each with and without a flip: the "rotate + mirror" TTA villa's inference offers),
+    each prediction mapped back before averaging. ``x`` is ``(B, 1, D, S, S)``; the output
+    ``(B, 1, S/r, S/r)`` (a rotation of the tile rotates its ``r x r`` output blocks exactly)."""
+    total = None
+    memory_format = torch.channels_last_3d if x.is_contiguous(memory_format=torch.channels_last_3d) else None
+    for k in range(4):
+        for flip in (False, True):
+            t = torch.rot90(x, k, dims=(-2, -1))
+            t = t.flip(-1) if flip else t
+            t = t.contiguous(memory_format=memory_format) if memory_format else t.contiguous()
+            p = torch.sigmoid(model(t).float())
+            p = torch.rot90(p.flip(-1) if flip else p, -k, dims=(-2, -1))
+            total = p if total is None else total + p
+    return total / 8.0
+
+
 def _launch_model(model: torch.nn.Module, tiles: np.ndarray, device: torch.device, amp: bool,
-                  size_out: int, name: str) -> torch.Tensor:
+                  size_out: int, name: str, tta: bool = False) -> torch.Tensor:
     """Start the model on a batch; on a GPU this returns before it is done (no sync), so the next
-    batch is read from disk while it runs."""
+    batch is read from disk while it runs. ``amp``: bfloat16 autocast on this device; ``tta``: average
+    the 8 flips/rotations (tta_probabilities)."""
     x = torch.from_numpy(tiles).to(device, non_blocking=True)
     if device.type in _CHANNELS_LAST_DEVICES:
         x = x.contiguous(memory_format=torch.channels_last_3d)
-    with torch.inference_mode(), torch.autocast(device.type, dtype=torch.bfloat16,
-                                                enabled=amp and device.type == "cuda"):
-        logits = model(x)
-        probs = torch.sigmoid(logits.float())
+    with torch.inference_mode(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
+        probs = tta_probabilities(model, x) if tta else torch.sigmoid(model(x).float())
     expected = (len(tiles), 1, size_out, size_out)
-    if tuple(logits.shape) != expected:
-        raise ConfigError(f"{name}: the model gave an output of shape {tuple(logits.shape)} for tiles "
+    if tuple(probs.shape) != expected:
+        raise ConfigError(f"{name}: the model gave an output of shape {tuple(probs.shape)} for tiles "
                           f"{tuple(tiles.shape)}; expected {expected} (its output stride does not match)")
     return probs[:, 0]
 
@@ -305,7 +330,8 @@ def _run_job(cfg: PredictConfig, job: _Job, store: PredictionStore, device: torc
         "checkpoint": _fingerprint(p.checkpoint), "tile": to_dict(p.tile), "data": to_dict(p.data),
         "output_stride": r, "edge": layout.edge, "stride": layout.stride, "weighting": cfg.weighting,
         "dtype": cfg.dtype, "full_resolution": bool(cfg.full_resolution), "z0": job.z0, "region": region_hash,
-        "chunk": cfg.chunk,
+        "chunk": cfg.chunk, **({"tta": True} if cfg.tta else {}),
+        **({"cpu_bf16": True} if cfg.cpu_bf16 and device.type == "cpu" else {}),
     })
     attrs = _jsonable({
         "encoder": p.name, "checkpoint": p.checkpoint, "config": to_dict(cfg), "tile": to_dict(p.tile),
@@ -330,6 +356,7 @@ def _run_job(cfg: PredictConfig, job: _Job, store: PredictionStore, device: torc
     weights = weight_map(cfg.weighting, layout.kept_out)
     model = p.model.to(device).eval()
     batch = cfg.batch_size
+    autocast = use_autocast(device, cfg.amp, cfg.cpu_bf16)  # bfloat16: CUDA with amp, CPU with cpu_bf16
     starts = list(range(first, total, batch))
     yield TilesDone(p.name, first, total)
     t0 = time.perf_counter()
@@ -343,7 +370,7 @@ def _run_job(cfg: PredictConfig, job: _Job, store: PredictionStore, device: torc
             # read (and decode, normalize) the next batch in the background while the model runs on
             # this one: zarr/blosc and numpy release the GIL, so on CPU this overlaps with torch too
             pending = pool.submit(reader.read, job.positions[b1:b1 + batch]) if b1 < total else None
-            probs = _launch_model(model, tiles, device, cfg.amp, layout.size_out, p.name).cpu().numpy()
+            probs = _launch_model(model, tiles, device, autocast, layout.size_out, p.name, cfg.tta).cpu().numpy()
             del tiles
             for (y0, x0), prob in zip(job.positions[b0:b1], probs):
                 oy, ox = layout.kept_origin_out(int(y0), int(x0))
@@ -367,9 +394,18 @@ def predict(cfg: PredictConfig, predictors: Sequence[InkPredictor] | None = None
 
     Yields ``Started``, ``TilesDone`` per batch (per encoder), then ``Finished`` with the store's path
     and each array's. Closing the generator stops between batches; what is written stays, and the next
-    run with the same settings resumes after the last finished band.
+    run with the same settings resumes after the last finished band. The output store is locked while
+    this writes (a second prediction into it is refused).
     """
+    from napari_vesuvius_pt.engine.prediction_store import writer_lock
+    from napari_vesuvius_pt.engine.run_lock import hold
+
     _check(cfg)
+    with hold(writer_lock(cfg.out)):
+        yield from _predict(cfg, predictors)
+
+
+def _predict(cfg: PredictConfig, predictors: Sequence[InkPredictor] | None) -> Iterator[Event]:
     device = resolve_device(cfg.device)
     if predictors is None:
         if not cfg.checkpoints:
@@ -380,6 +416,7 @@ def predict(cfg: PredictConfig, predictors: Sequence[InkPredictor] | None = None
         predictors = [load_predictor(c, n, cfg.data) for c, n in zip(cfg.checkpoints, unique_names(names))]
     elif len({p.name for p in predictors}) != len(predictors):
         raise ConfigError(f"predictor names must differ: {[p.name for p in predictors]}")
+    predictors, means = directed_predictors(predictors, cfg.direction)
 
     polygons = None
     region_hash = None
@@ -414,8 +451,47 @@ def predict(cfg: PredictConfig, predictors: Sequence[InkPredictor] | None = None
         return
     finally:
         release_device_memory(device)
+    for mean_name, pair in means.items():  # --direction both: the mean of the two directions
+        write_mean(store, pair, mean_name, resume=cfg.resume)
+        summaries[mean_name] = {"array": str(store.path / mean_name), "tiles": 0, "resumed_at": 0,
+                                "complete": True, "mean_of": pair}
+    tiffs = export_tiffs(store, list(summaries), cfg.out) if cfg.format == "tiff" else {}
     yield Finished(run_dir=Path(cfg.out), summary={
         "out": str(cfg.out), "segment": jobs[0].segment.name, "encoders": summaries,
         "arrays": {name: s["array"] for name, s in summaries.items()},
-        "seconds": time.perf_counter() - t0,
+        "seconds": time.perf_counter() - t0, **({"tiff": tiffs} if tiffs else {}),
     })
+
+
+def directed_predictors(predictors: Sequence[InkPredictor], direction: str
+                        ) -> tuple[list[InkPredictor], dict[str, list[str]]]:
+    """The predictors for ``direction`` and, for ``both``, the mean arrays to write after them.
+
+    forward: as each checkpoint was trained (its data's ``reverse``); reverse: the depth axis flipped
+    from that; both: ``<name>-forward`` and ``<name>-reverse``, then ``<name>-mean`` of the two (villa
+    predicts both ways, since which way the ink reads varies from segment to segment)."""
+    if direction not in PREDICT_DIRECTIONS:
+        raise ConfigError(f"unknown direction {direction!r}; use one of {', '.join(PREDICT_DIRECTIONS)}")
+
+    def flipped(p: InkPredictor, name: str) -> InkPredictor:
+        return dataclasses.replace(p, name=name, data=dataclasses.replace(p.data, reverse=not p.data.reverse))
+
+    if direction == "forward":
+        return list(predictors), {}
+    if direction == "reverse":
+        return [flipped(p, p.name) for p in predictors], {}
+    out: list[InkPredictor] = []
+    means: dict[str, list[str]] = {}
+    for p in predictors:
+        fwd, rev = f"{p.name}-forward", f"{p.name}-reverse"
+        out += [dataclasses.replace(p, name=fwd), flipped(p, rev)]
+        means[f"{p.name}-mean"] = [fwd, rev]
+    return out, means
+
+
+def export_tiffs(store: PredictionStore, names: Sequence[str], out: str | Path) -> dict[str, str]:
+    """``--format tiff``: each array of ``names`` as a tiled BigTIFF ``<out stem>_<name>.tif`` beside
+    ``out``."""
+    base = Path(out)
+    stem = base.name[:-len(".zarr")] if base.name.endswith(".zarr") else base.name
+    return {n: str(export_tiff(store, n, base.with_name(f"{stem}_{n}.tif"))) for n in names}

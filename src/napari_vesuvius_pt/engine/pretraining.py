@@ -11,6 +11,9 @@ optimizer step under way and writes ``last.pt`` holding the step reached inside 
 at an epoch's last step, completes that epoch); ``--resume`` continues from there with the same data
 order, augmentations and learning rates as a run that was never stopped. Completed epochs' files are
 never touched by a stop. A NaN or infinite loss yields ``Failed`` and keeps the last good checkpoint.
+
+With ``probe_fragment`` and ``probe_region``, every ``probe_every`` epochs a frozen linear probe
+(engine/online_probe.py) scores ink on the region: ``probe_f05`` and ``probe_auc`` in the epoch's metrics.
 """
 
 from __future__ import annotations
@@ -26,13 +29,21 @@ from torch import Tensor, nn
 from napari_vesuvius_pt.config import PretrainConfig, to_dict
 from napari_vesuvius_pt.data.augment import augment_batch
 from napari_vesuvius_pt.engine.datasets import PretrainViews, TileSource, open_source, tile_index
-from napari_vesuvius_pt.engine.distributed import DistContext, run_distributed, wrap_ddp
+from napari_vesuvius_pt.engine.distributed import DistContext, run_distributed, unwrap, wrap_ddp
 from napari_vesuvius_pt.engine.events import Event
-from napari_vesuvius_pt.engine.loop import check_same_batches, open_run, prepare_training, train_epochs, validate_training
+from napari_vesuvius_pt.engine.loop import (
+    check_same_batches,
+    hold_run,
+    open_run,
+    prepare_training,
+    train_epochs,
+    validate_training,
+)
+from napari_vesuvius_pt.engine.online_probe import ProbeData, due, prepare_probe, run_probe, validate_probe_config
 from napari_vesuvius_pt.engine.precision import Precision
 from napari_vesuvius_pt.engine.rng import seed_everything
 from napari_vesuvius_pt.errors import ConfigError, RunError
-from napari_vesuvius_pt.models.encoder import build_encoder
+from napari_vesuvius_pt.models.encoder import encoder_from_spec
 from napari_vesuvius_pt.models.vicreg import Expander, embedding_stats, vicreg_loss
 
 MONITOR_ROWS = 1024  # pooled embeddings kept per epoch for the collapse monitor
@@ -61,6 +72,9 @@ def validate_pretrain_config(cfg: PretrainConfig) -> None:
         raise ConfigError(f"tiles must have at least 1 layer and 16 pixels a side, got {cfg.tile.depth}x{cfg.tile.size}x{cfg.tile.size}")
     if cfg.augment.max_z_shift < 0:
         raise ConfigError(f"augment.max_z_shift must be 0 or more, got {cfg.augment.max_z_shift}")
+    if cfg.mask_erosion < 0:
+        raise ConfigError(f"mask_erosion must be 0 or more pixels, got {cfg.mask_erosion}")
+    validate_probe_config(cfg)
 
 
 def _check_resumable(cfg: PretrainConfig, payload: dict[str, Any], where: Path) -> None:
@@ -84,9 +98,11 @@ class _VICRegSteps:
     loss_name = "VICReg loss"
     term_names = ("loss", "invariance", "variance", "covariance")
 
-    def __init__(self, cfg: PretrainConfig, model: nn.Module, ctx: DistContext, precision: Precision) -> None:
+    def __init__(self, cfg: PretrainConfig, model: nn.Module, ctx: DistContext, precision: Precision,
+                 probe: ProbeData | None = None) -> None:
         self.cfg, self.model, self.ctx, self.precision = cfg, model, ctx, precision
         self.monitor: list[Tensor] = []
+        self.probe = probe
 
     def start_epoch(self, partial: dict[str, Any] | None) -> None:
         self.monitor = [t for t in ((partial or {}).get("monitor") or [])]
@@ -115,6 +131,8 @@ class _VICRegSteps:
         return {}
 
     def evaluate(self, epoch: int, metrics: dict[str, float]) -> list[Event]:
+        if self.probe is not None and self.ctx.is_main and due(epoch, self.cfg.epochs, self.cfg.probe_every):
+            metrics.update(run_probe(unwrap(self.model).encoder, self.probe, self.ctx.device, self.cfg.batch_size))
         return []
 
     def model_fields(self, model: nn.Module) -> dict[str, Any]:
@@ -132,7 +150,8 @@ class _VICRegSteps:
 def pretrain(cfg: PretrainConfig) -> Iterator[Event]:
     """Run (or resume, with ``cfg.resume``) a VICReg pretraining; see the module docstring."""
     validate_pretrain_config(cfg)
-    yield from run_distributed(cfg.device, lambda ctx: _pretrain(cfg, ctx))
+    with hold_run(cfg):  # one run at a time in a run folder
+        yield from run_distributed(cfg.device, lambda ctx: _pretrain(cfg, ctx))
 
 
 def _pretrain(cfg: PretrainConfig, ctx: DistContext) -> Iterator[Event]:
@@ -151,11 +170,13 @@ def _pretrain(cfg: PretrainConfig, ctx: DistContext) -> Iterator[Event]:
         cfg, cfg_run, ctx, run, payload, model, [{"params": list(net.parameters())}], len(index),
         data_filled=dataclasses.replace(cfg.data, normalization_params=dict(sources[0].normalizer.params)),
         normalization={s.path: dict(s.normalizer.params) for s in sources},
+        views=2,  # both views go through the encoder in one step
     )
     if ctx.is_main:
         run.create(cfg_run, fresh=payload is None)
     dataset = PretrainViews(sources, index, cfg.tile.depth, cfg.tile.size, int(cfg.augment.max_z_shift), cfg.augment.same_z_shift)
-    yield from train_epochs(training, _VICRegSteps(cfg, model, ctx, training.precision), dataset)
+    probe = prepare_probe(cfg) if ctx.is_main else None
+    yield from train_epochs(training, _VICRegSteps(cfg, model, ctx, training.precision, probe), dataset)
 
 
 def _open_sources(cfg: PretrainConfig, saved_norm: dict[str, dict[str, float]]) -> list[TileSource]:
@@ -170,7 +191,7 @@ def _open_sources(cfg: PretrainConfig, saved_norm: dict[str, dict[str, float]]) 
 def _build_net(cfg: PretrainConfig, payload: dict[str, Any] | None) -> VICRegNet:
     """A fresh encoder and expander from the run's seed, holding the checkpoint's weights when resuming."""
     seed_everything(cfg.seed)
-    encoder = build_encoder(cfg.encoder.name, cfg.encoder.in_channels, cfg.encoder.widen_factor)
+    encoder = encoder_from_spec(cfg.encoder)  # every EncoderConfig option (the seed's stem, pooling, fc)
     expander = Expander(encoder.embedding_dim, cfg.vicreg.expander)
     if payload is not None:
         encoder.load_state_dict(payload["encoder"])

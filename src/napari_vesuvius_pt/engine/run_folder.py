@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import math
+import time
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +21,7 @@ from napari_vesuvius_pt.models.sources import CHECKPOINTS, LAST, epoch_checkpoin
 
 CONFIG = "config.yaml"
 METRICS = "metrics.jsonl"
+RESUMES = "resumes.jsonl"  # one line per resume: when, from which checkpoint, which safe settings changed
 
 
 def _jsonable(value: Any) -> Any:
@@ -37,6 +39,7 @@ def _jsonable(value: Any) -> Any:
 class RunFolder:
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path).expanduser()
+        self.notes: list[str] = []  # what a resume should tell the user (a damaged checkpoint skipped)
 
     def __repr__(self) -> str:
         return f"RunFolder({str(self.path)!r})"
@@ -73,18 +76,51 @@ class RunFolder:
         if fresh and self.metrics_path.exists():
             self.metrics_path.unlink()
 
-    def save(self, payload: dict[str, Any], completed_epoch: bool) -> Path:
+    def clean_stale_temporaries(self) -> list[Path]:
+        """Remove the temporary files a killed run left (``.last.pt.XXXX.tmp``); only while holding the lock."""
+        removed = []
+        for folder in (self.path, self.path / CHECKPOINTS):
+            if not folder.is_dir():
+                continue
+            for p in folder.glob(".*.tmp"):
+                try:
+                    p.unlink()
+                    removed.append(p)
+                except FileNotFoundError:
+                    pass
+                except OSError as exc:
+                    raise RunError(f"cannot remove the stale temporary file {p}: {exc.strerror or exc}") from None
+        return removed
+
+    def save(self, payload: dict[str, Any], completed_epoch: bool, metrics: dict[str, Any] | None = None) -> Path:
         """Write ``payload`` as ``last.pt``, and as ``checkpoints/epoch_NNN.pt`` for a completed epoch.
 
-        Returns the epoch file for a completed epoch, else ``last.pt``.
+        ``metrics`` (a completed epoch's line) is appended first: a crash before the checkpoints leaves a
+        line for an epoch that a resume redoes, and :meth:`truncate_metrics` drops it then; a crash after
+        them cannot leave the epoch without its line. Returns the epoch file for a completed epoch, else
+        ``last.pt``.
         """
         from napari_vesuvius_pt.models.checkpoint import save_checkpoint
 
+        if metrics is not None:
+            self.truncate_metrics(int(payload["epoch"]) - 1)
+            self.append_metrics(metrics)
         target = self.last_path
         if completed_epoch:
             target = save_checkpoint(self.epoch_path(int(payload["epoch"])), payload)
         save_checkpoint(self.last_path, payload)
         return target
+
+    def record_resume(self, checkpoint: Path, payload: dict[str, Any], changes: dict[str, tuple[Any, Any]]) -> None:
+        """One line in ``resumes.jsonl``: when, from where, and the (safe) settings that changed."""
+        path = self.path / RESUMES
+        lines = path.read_text().splitlines() if path.exists() else []
+        record = {"time": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "checkpoint": str(checkpoint),
+                  "epoch": int(payload.get("epoch") or 0), "step": int(payload.get("step") or 0),
+                  "changed": {k: {"before": b, "now": a} for k, (b, a) in changes.items()},
+                  "notes": list(self.notes)}
+        lines.append(json.dumps(_jsonable(record)))
+        atomic_write_text(path, "\n".join(lines) + "\n")
 
     def append_metrics(self, record: dict[str, Any]) -> None:
         """Append one JSON line (rewritten atomically, so a crash never leaves half a line)."""
@@ -134,15 +170,37 @@ class RunFolder:
                 f"cannot resume: {self.path} holds no checkpoint yet (no last.pt, no checkpoints/epoch_*.pt); "
                 "start a new run instead"
             )
-        try:
-            payload = load_checkpoint(path)
-        except WeightsError as exc:
-            epochs = self.epoch_checkpoints()
-            if path == self.last_path and epochs:  # a damaged last.pt: fall back to the last completed epoch
-                path = epochs[-1]
-                payload = load_checkpoint(path)
-            else:
-                raise RunError(f"cannot resume from {path}: {exc}") from None
+        # the candidates newest first: last.pt, then the epoch files; an epoch file newer than last.pt
+        # (a crash between writing the two) comes first
+        epochs = self.epoch_checkpoints()
+        candidates = ([self.last_path] if self.last_path.is_file() else []) + epochs[::-1]
+        damaged: list[str] = []
+        payload = None
+        for candidate in candidates:
+            try:
+                payload = load_checkpoint(candidate)
+            except WeightsError as exc:
+                damaged.append(f"{candidate.name} ({str(exc)[:120]})")
+                continue
+            path = candidate
+            break
+        if payload is None:
+            raise RunError(f"cannot resume {self.path}: no intact checkpoint: " + "; ".join(damaged)
+                           + "; start a new run") from None
+        if path == self.last_path and epochs:
+            newest = epochs[-1]
+            try:
+                newest_epoch = int(newest.stem.split("_")[-1])
+            except ValueError:
+                newest_epoch = -1
+            if newest_epoch > int(payload.get("epoch") or 0):
+                try:
+                    payload, path = load_checkpoint(newest), newest
+                except WeightsError as exc:
+                    damaged.append(f"{newest.name} ({str(exc)[:120]})")
+        if damaged:
+            self.notes.append(f"resumed from {path.relative_to(self.path)}, the newest intact checkpoint; "
+                              f"skipped damaged {', '.join(damaged)}")
         if payload.get("kind") != kind:
             raise RunError(
                 f"cannot resume: {path} is a {payload.get('kind')!r} checkpoint, not a {kind!r} one"

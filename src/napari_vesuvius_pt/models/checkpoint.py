@@ -174,7 +174,9 @@ def ink_model_from_checkpoint(path: str | os.PathLike) -> tuple[InkModel, dict[s
     laterals = [v for k, v in head_state.items() if k.startswith("lateral.") and k.endswith(".weight")]
     channels = laterals[0].shape[0] if laterals else 64
     try:
-        model = InkModel(encoder_from_spec(spec), output_stride=stride, decoder_channels=int(channels))
+        pooling = str(payload.get("depth_pooling") or "mean")  # checkpoints before the option pooled by mean
+        model = InkModel(encoder_from_spec(spec), output_stride=stride, decoder_channels=int(channels),
+                         depth_pooling=pooling)
     except ConfigError as exc:
         raise WeightsError(f"{path}: {exc}") from None
     load_state_into(model.encoder, payload["encoder"], FORMAT_OURS, where=str(path))

@@ -7,6 +7,15 @@ which adds a bias to every shortcut convolution that the Kinetics checkpoints do
 stem is a (7, 7, 7) convolution with stride (1, 2, 2), shortcuts are 1x1x1 convolutions without bias
 followed by batch norm (type "B"), the max pool is kept, and there is no classifier.
 
+Options of :class:`EncoderConfig` for the seed's configuration (all off by default, so checkpoints and
+Kinetics weights of the plain layout load unchanged):
+
+- ``keep_depth``: the stem's max pool is (1, 3, 3) with stride (1, 2, 2), so depth keeps its full
+  resolution through the stem (the seed's 1-channel stem); by default it is 3x3x3 with stride 2.
+- ``pooling``: ``avg`` (AdaptiveAvgPool3d) or ``max`` (AdaptiveMaxPool3d, the seed's) global pooling.
+- ``embedding``: a linear layer after the pooling (the seed's fc 2048 -> 512); 0 = none.
+- ``input_norm``: an InstanceNorm3d (no affine parameters) on the input, as the seed put first.
+
 Because :class:`Encoder` subclasses MONAI's ``ResNet``, its state-dict keys are exactly the
 3D-ResNets-PyTorch names (``conv1.weight``, ``layer1.0.downsample.0.weight``, ...).
 """
@@ -17,7 +26,7 @@ import torch
 from monai.networks.nets.resnet import ResNet, ResNetBlock, ResNetBottleneck, get_inplanes
 from torch import Tensor
 
-from napari_vesuvius_pt.config import ENCODER_NAMES, EncoderConfig
+from napari_vesuvius_pt.config import ENCODER_NAMES, ENCODER_POOLINGS, EncoderConfig
 from napari_vesuvius_pt.errors import ConfigError, RunError
 
 STAGES = ("layer1", "layer2", "layer3", "layer4")
@@ -68,12 +77,26 @@ class Encoder(ResNet):
             feed_forward=False,
             bias_downsample=False,
         )
+        if spec.pooling not in ENCODER_POOLINGS:
+            raise ConfigError(f"unknown encoder pooling {spec.pooling!r}; choose one of {', '.join(ENCODER_POOLINGS)}")
+        if int(spec.embedding) < 0:
+            raise ConfigError(f"encoder embedding must be 0 (none) or a positive width, got {spec.embedding}")
         self.spec = EncoderConfig(
-            name=spec.name, widen_factor=float(spec.widen_factor), in_channels=int(spec.in_channels)
+            name=spec.name, widen_factor=float(spec.widen_factor), in_channels=int(spec.in_channels),
+            keep_depth=bool(spec.keep_depth), pooling=spec.pooling, embedding=int(spec.embedding),
+            input_norm=bool(spec.input_norm),
         )
         widths = [int(c * spec.widen_factor) for c in get_inplanes()]
         self.stage_channels: dict[str, int] = {name: w * block.expansion for name, w in zip(STAGES, widths)}
-        self.embedding_dim: int = self.stage_channels["layer4"]
+        trunk_dim = self.stage_channels["layer4"]
+        if self.spec.keep_depth:  # the seed's stem pool: (1, 3, 3) stride (1, 2, 2)
+            self.maxpool = torch.nn.MaxPool3d(kernel_size=(1, 3, 3), stride=(1, 2, 2), padding=(0, 1, 1))
+        if self.spec.pooling == "max":
+            self.avgpool = torch.nn.AdaptiveMaxPool3d(1)  # the name stays: it is the global pooling
+        # parameter-free, so the state-dict keys stay the 3D-ResNets-PyTorch names
+        self.input_norm = torch.nn.InstanceNorm3d(int(spec.in_channels)) if self.spec.input_norm else None
+        self.embed = torch.nn.Linear(trunk_dim, self.spec.embedding) if self.spec.embedding else None
+        self.embedding_dim: int = self.spec.embedding or trunk_dim
 
     def check_input(self, x: Tensor) -> None:
         if not isinstance(x, Tensor):
@@ -106,6 +129,8 @@ class Encoder(ResNet):
 
     def forward_features(self, x: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
         """The embedding and every stage's map, without input checks (callers that checked already)."""
+        if self.input_norm is not None:
+            x = self.input_norm(x)
         x = self.act(self.bn1(self.conv1(x)))
         if not self.no_max_pool:
             x = self.maxpool(x)
@@ -113,12 +138,16 @@ class Encoder(ResNet):
         for name in STAGES:
             x = getattr(self, name)(x)
             features[name] = x
-        return self.avgpool(x).flatten(1), features
+        pooled = self.avgpool(x).flatten(1)
+        if self.embed is not None:
+            pooled = self.embed(pooled)
+        return pooled, features
 
 
-def build_encoder(name: str = "resnet18", in_channels: int = 1, widen_factor: float = 1.0) -> Encoder:
-    """A randomly initialized encoder; ``name`` is one of :data:`ENCODER_NAMES`."""
-    return Encoder(EncoderConfig(name=name, widen_factor=widen_factor, in_channels=in_channels))
+def build_encoder(name: str = "resnet18", in_channels: int = 1, widen_factor: float = 1.0, **options) -> Encoder:
+    """A randomly initialized encoder; ``name`` is one of :data:`ENCODER_NAMES`; ``options`` are the other
+    :class:`EncoderConfig` fields (keep_depth, pooling, embedding, input_norm)."""
+    return Encoder(EncoderConfig(name=name, widen_factor=widen_factor, in_channels=in_channels, **options))
 
 
 def encoder_from_spec(spec: EncoderConfig | dict) -> Encoder:

@@ -170,3 +170,39 @@ def embedding_stats(z: Tensor) -> dict[str, float]:
     p = s / s.sum().clamp_min(1e-12)
     entropy = -(p * torch.log(p.clamp_min(1e-12))).sum()
     return {"embedding_std": float(std), "embedding_std_norm": float(std_norm), "effective_rank": float(torch.exp(entropy))}
+
+
+# The collapse rule, in words for the report and the Pretrain widget. A representation collapses when
+# its embeddings stop spreading over the dimensions (dimensional collapse: the effective rank falls) or
+# over the samples (complete collapse: the spread falls). The thresholds are relative to the run's own
+# best epoch, because the absolute values depend on the architecture and the data:
+# - effective rank (RankMe) below half its peak: the embeddings use half as many directions as they did;
+#   a VICReg run that is learning keeps or raises its rank (Garrido et al. 2023 relate a falling RankMe
+#   to worse downstream accuracy), and noise between epochs of a healthy run stays well above 1/2;
+# - embedding std (mean per-dimension standard deviation) below a quarter of its peak: VICReg's
+#   variance term exists to keep it from shrinking; a fall by 4x means the term is losing.
+COLLAPSE_RANK_FRACTION = 0.5
+COLLAPSE_STD_FRACTION = 0.25
+
+
+def collapse_warning(history: Sequence[dict[str, float]]) -> str | None:
+    """A sentence when the collapse monitor shows the embedding collapsing, else None.
+
+    ``history``: one dict per completed epoch, in order, with ``effective_rank`` and/or
+    ``embedding_std`` (``embedding_stats``' keys; other keys are ignored)."""
+    reasons = []
+    for key, fraction, what in (("effective_rank", COLLAPSE_RANK_FRACTION, "effective rank"),
+                                ("embedding_std", COLLAPSE_STD_FRACTION, "embedding std")):
+        values = [(i + 1, float(h[key])) for i, h in enumerate(history)
+                  if key in h and h[key] is not None and math.isfinite(float(h[key]))]
+        if len(values) < 2:
+            continue
+        peak_epoch, peak = max(values, key=lambda v: v[1])
+        last_epoch, last = values[-1]
+        if peak > 0 and last_epoch > peak_epoch and last < fraction * peak:
+            reasons.append(f"{what} fell from {peak:.3g} (epoch {peak_epoch}) to {last:.3g} (epoch {last_epoch}), "
+                           f"below {fraction:.0%} of its peak")
+    if not reasons:
+        return None
+    return ("The embedding is collapsing: " + "; ".join(reasons) + ". Raise the variance weight (VICReg var), "
+            "lower the learning rate, or use the last epoch before the fall.")

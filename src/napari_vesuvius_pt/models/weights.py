@@ -205,7 +205,8 @@ def load_state_into(
         new_state[key] = value.to(dtype=target.dtype)
     report.missing = [k for k in own if k not in state]
     trunk_unexpected = [k for k in report.unexpected if not k.startswith(_IGNORED_PREFIXES)]
-    required_missing = [k for k in report.missing if not k.endswith(_OPTIONAL_SUFFIX)]
+    # the optional fc embedding (EncoderConfig.embedding) is not part of a Kinetics trunk: it starts fresh
+    required_missing = [k for k in report.missing if not k.endswith(_OPTIONAL_SUFFIX) and not k.startswith("embed.")]
     if report.mismatched or required_missing or trunk_unexpected:
         spec = getattr(encoder, "spec", None)
         here = (

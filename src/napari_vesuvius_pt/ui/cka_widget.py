@@ -45,6 +45,9 @@ class CKAWidget(JobWidget):
         self.checkpoints = PathList(FILE_OR_FOLDER, title="Add a checkpoint, run folder or weights file")
         self.checkpoints.setToolTip("More sources: checkpoint files, other run folders")
         self.random_reference = QCheckBox("add a random encoder as a reference")
+        self.random_reference.setChecked(True)  # a reference row and column: how far is "changed" from random?
+        self.random_reference.setToolTip("A randomly initialized encoder of the run's architecture: CKA of trained "
+                                         "epochs against it says how much of their similarity any encoder has")
         self.segment = PathField(FILE_OR_FOLDER, "segment the probe tiles come from", title="Segment",
                                  suggestions=True)
         self.tiles = spin(MIN_TILES, 100_000, d.tiles, "Probe tiles (same positions for every checkpoint)")

@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 PLUGIN = "napari-vesuvius-pt"
-WIDGETS = ("Segments", "Pretrain", "Fine-tune", "Predict & compare", "CKA")
+WIDGETS = ("Segments", "Pretrain", "Fine-tune", "Predict & compare", "CKA", "Embedding explorer")
 
 
 def load_demo_into(viewer: Any, out: Path, summary: dict[str, Any]) -> None:
@@ -27,6 +27,12 @@ def load_demo_into(viewer: Any, out: Path, summary: dict[str, Any]) -> None:
                           name="validation regions", edge_color="cyan", face_color="transparent", edge_width=2)
     for name in WIDGETS:
         viewer.window.add_plugin_dock_widget(PLUGIN, name, tabify=True)
+    if prediction.exists():  # the encoders laid out for comparison, with its panel (tabified with the docks)
+        from napari_vesuvius_pt.ui.compare import show_comparison
+        from napari_vesuvius_pt.ui.notify import reporting_errors
+
+        with reporting_errors("demo: comparison view"):
+            show_comparison(viewer, prediction, fragment, region=region if region.is_file() else None)
 
 
 def show_demo(out: Path, summary: dict[str, Any] | None = None) -> None:

@@ -1,23 +1,23 @@
-"""A combo box of the devices a job can run on: auto, the CPU, and each CUDA device by name."""
+"""A combo box of the devices a job can run on: auto, the CPU, each CUDA device by name, and MPS."""
 
 from __future__ import annotations
 
 from qtpy.QtWidgets import QComboBox, QWidget
 
-from napari_vesuvius_pt.engine.device import list_devices
+from napari_vesuvius_pt.engine.device import auto_device_name, device_label, list_devices
 
 
 class DeviceChoice(QComboBox):
-    """``value()`` is what the run configs take: ``auto``, ``cpu`` or ``cuda:N``."""
+    """``value()`` is what the run configs take: ``auto``, ``cpu``, ``cuda:N`` or ``mps``."""
 
     def __init__(self, parent: QWidget | None = None) -> None:
         super().__init__(parent)
         devices = list_devices()
-        best = devices[1][1] if len(devices) > 1 else devices[0][1]  # resolve_device('auto'): cuda:0, else CPU
+        best = device_label(auto_device_name())  # what resolve_device('auto') picks: cuda:0, else mps, else CPU
         self.addItem(f"auto ({best})", "auto")
         for value, label in devices:
             self.addItem(label, value)
-        self.setToolTip("Where the job runs. 'auto' takes the first CUDA device when there is one, else the CPU.")
+        self.setToolTip("Where the job runs. 'auto' takes the first CUDA device when there is one, else Apple's MPS, else the CPU.")
 
     def value(self) -> str:
         return str(self.currentData())

@@ -17,10 +17,9 @@ from napari_vesuvius_pt.config import (
     ENCODER_NAMES,
     NORMALIZATIONS,
     OUTPUT_STRIDES,
-    EncoderConfig,
     FinetuneConfig,
-    OptimConfig,
     TileConfig,
+    merge,
 )
 from napari_vesuvius_pt.engine.events import EpochDone, Event, PreviewReady
 from napari_vesuvius_pt.errors import ConfigError
@@ -50,7 +49,8 @@ ORIGINS = (
     ("k700", "Kinetics-700 weights file"),
     ("run", "pretraining run or checkpoint"),
 )
-VALIDATION_CHOICES = (("regions", "regions drawn on the first fragment"), ("fragment", "a whole validation fragment"))
+VALIDATION_CHOICES = (("regions", "regions drawn on the first fragment"), ("fragment", "a whole validation fragment"),
+                      ("mask", "the first fragment's validation mask"))
 
 
 class FinetuneWidget(JobWidget):
@@ -95,12 +95,20 @@ class FinetuneWidget(JobWidget):
         self.device = DeviceChoice()
         self.run_folder = PathField(FOLDER, "run folder", title="Run folder")
         self.resume = QCheckBox("continue the run in this folder")
+        self.supervision_masks = QCheckBox("only supervised pixels count (the fragments' supervision masks)")
+        self.supervision_masks.setChecked(d.supervision_masks)
+        self.supervision_masks.setToolTip("villa's <id>_supervision_mask: only its pixels count in the loss and scores")
+        self.ignore_masks = QCheckBox("leave out ignored pixels (the fragments' ignore masks)")
+        self.ignore_masks.setChecked(d.ignore_masks)
+        self.ignore_masks.setToolTip("<id>_ignore_mask: its pixels (mislabeled, unsure) leave the loss and scores")
 
         f = self.form
         f.addRow("fragments", self.fragments)
         f.addRow("validation", self.validation)
         f.addRow("", self.draw_button)
         f.addRow("val. fragment", self.val_fragment)
+        f.addRow("masks", self.supervision_masks)
+        f.addRow("", self.ignore_masks)
         f.addRow("encoder from", self.origin)
         f.addRow("weights", self.origin_path)
         f.addRow("encoder", hrow(self.encoder, "width ×", self.widen))
@@ -132,6 +140,7 @@ class FinetuneWidget(JobWidget):
             "tile_depth": self.tile_depth, "tile_size": self.tile_size, "tile_stride": self.tile_stride,
             "epochs": self.epochs, "batch_size": self.batch_size, "steps": self.steps, "lr": self.lr,
             "normalization": self.normalization, "device": self.device, "run_folder": self.run_folder,
+            "supervision_masks": self.supervision_masks, "ignore_masks": self.ignore_masks,
         })
         self.run_folder.set_text(str(next_free_folder(self.run_folder.text() or DEFAULT_RUN)))
 
@@ -158,7 +167,7 @@ class FinetuneWidget(JobWidget):
     def _show_validation_fields(self) -> None:
         regions = self.validation.currentData() == "regions"
         self._set_row_visible(self.draw_button, regions)
-        self._set_row_visible(self.val_fragment, not regions)
+        self._set_row_visible(self.val_fragment, self.validation.currentData() == "fragment")
 
     def _show_origin_fields(self) -> None:
         origin = self.origin.currentData()
@@ -217,7 +226,10 @@ class FinetuneWidget(JobWidget):
             raise ConfigError("no run folder: choose where the checkpoints go")
         val_fragment = val_region = None
         resume = out if self.resume.isChecked() else None
-        if self.validation.currentData() == "fragment":
+        val_mask = self.validation.currentData() == "mask"
+        if val_mask:
+            pass  # the first fragment's own <id>_validation_mask (the engine says when it has none)
+        elif self.validation.currentData() == "fragment":
             val_fragment = self.val_fragment.text()
             if not val_fragment or not Path(val_fragment).exists():
                 raise ConfigError(f"validation fragment not found: {val_fragment or '(none given)'}")
@@ -244,16 +256,19 @@ class FinetuneWidget(JobWidget):
             fragments=fragments,
             val_fragment=val_fragment,
             val_region=val_region,
+            val_mask=val_mask,
+            supervision_masks=self.supervision_masks.isChecked(),
+            ignore_masks=self.ignore_masks.isChecked(),
             out=out,
             encoder_origin=encoder_origin,
-            encoder=EncoderConfig(name=self.encoder.currentData(), widen_factor=self.widen.value()),
+            encoder=merge(d.encoder, name=self.encoder.currentData(), widen_factor=self.widen.value()),
             freeze_encoder=self.freeze.isChecked(),
             output_stride=int(self.output_stride.currentData()),
             data=self.data_config_for(fragments + ([val_fragment] if val_fragment else []),
                                       self.normalization.currentData()),
             tile=TileConfig(depth=self.tile_depth.value(), size=self.tile_size.value(),
                             stride=self.tile_stride.value(), min_mask_fraction=d.tile.min_mask_fraction),
-            optim=OptimConfig(name=d.optim.name, lr=self.lr.value(), weight_decay=d.optim.weight_decay),
+            optim=merge(d.optim, lr=self.lr.value()),  # the defaults' warm-up and schedule, as the CLI has them
             epochs=self.epochs.value(),
             batch_size=self.batch_size.value(),
             steps_per_epoch=self.steps.value() or None,

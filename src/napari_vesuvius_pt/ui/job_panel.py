@@ -444,6 +444,12 @@ class JobWidget(QWidget):
         self.shutdown()
         super().closeEvent(event)
 
+    def showEvent(self, event) -> None:  # noqa: N802 (Qt naming)
+        from napari_vesuvius_pt.ui.docks import tabify_on_show
+
+        tabify_on_show(self)  # one tabbed panel for the plugin's docks, whatever opened them
+        super().showEvent(event)
+
     def event(self, event) -> bool:
         # napari removes a dock widget (its close button) by taking the widget out of the dock
         runner = getattr(self, "runner", None)  # events can arrive while __init__ is still running

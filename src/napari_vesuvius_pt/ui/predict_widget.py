@@ -26,14 +26,22 @@ from qtpy.QtWidgets import (
     QWidget,
 )
 
-from napari_vesuvius_pt.config import DEFAULT_RUNS_DIR, PREDICT_DTYPES, WEIGHTINGS, PredictConfig
+from napari_vesuvius_pt.config import (
+    DEFAULT_RUNS_DIR,
+    PREDICT_DIRECTIONS,
+    PREDICT_DTYPES,
+    PREDICT_FORMATS,
+    WEIGHTINGS,
+    PredictConfig,
+)
+from napari_vesuvius_pt.engine.comparison import Comparison
 from napari_vesuvius_pt.engine.evaluation import predict_and_evaluate
 from napari_vesuvius_pt.engine.events import Event, LabelsReady, MetricsReady, Started, TilesDone
 from napari_vesuvius_pt.errors import ConfigError
 from napari_vesuvius_pt.ui.device_choice import DeviceChoice
 from napari_vesuvius_pt.ui.fields import FILE, FILE_OR_FOLDER, FOLDER, PathField, PathList, combo, hrow, spin
 from napari_vesuvius_pt.ui.job_panel import JobWidget
-from napari_vesuvius_pt.ui.layers import outline_labels
+from napari_vesuvius_pt.ui.layers import is_layer, outline_labels
 from napari_vesuvius_pt.ui.segment_registry import TRAIN, VALIDATION
 
 DEFAULT_OUT = DEFAULT_RUNS_DIR / "predictions"
@@ -66,9 +74,13 @@ class PredictWidget(JobWidget):
         self.weighting = combo(WEIGHTINGS, d.weighting, "How overlapping tile centres are blended")
         self.dtype = combo(PREDICT_DTYPES, d.dtype, "Stored as float16 probabilities or uint8 × 255")
         self.full_resolution = QCheckBox("write at full resolution")
+        self.full_resolution.setChecked(d.full_resolution)
+        self.direction = combo(PREDICT_DIRECTIONS, d.direction,
+                               "Depth direction: as trained, flipped, or both (each and their mean)")
+        self.out_format = combo(PREDICT_FORMATS, d.format, "OME-Zarr, or also a tiled BigTIFF per array beside it")
         self.skip_empty = QCheckBox("score only tiles with ink")
         self.device = DeviceChoice()
-        self.side_by_side = QCheckBox("side by side (one grid cell per layer)")
+        self.side_by_side = QCheckBox("side by side (one grid cell per encoder)")
         self.side_by_side.toggled.connect(self.set_side_by_side)
 
         f = self.form
@@ -81,6 +93,8 @@ class PredictWidget(JobWidget):
         f.addRow("batch", hrow(self.batch_size, "blend", self.weighting))
         f.addRow("store as", self.dtype)
         f.addRow("", self.full_resolution)
+        f.addRow("direction", self.direction)
+        f.addRow("format", self.out_format)
         f.addRow("", self.skip_empty)
         f.addRow("device", self.device)
 
@@ -96,6 +110,7 @@ class PredictWidget(JobWidget):
 
         self.prediction_layers: dict[str, Any] = {}
         self.labels_layer = None
+        self.comparison = None  # engine.comparison.Comparison of the last finished run
         self._last_refresh = 0.0
         self.region.currentIndexChanged.connect(self._show_region_file)
         self.segment.changed.connect(self._suggest_out)
@@ -105,6 +120,7 @@ class PredictWidget(JobWidget):
         self.finish_setup({
             "edge": self.edge, "stride": self.stride, "batch_size": self.batch_size, "weighting": self.weighting,
             "dtype": self.dtype, "full_resolution": self.full_resolution, "skip_empty": self.skip_empty,
+            "direction": self.direction, "out_format": self.out_format,
             "device": self.device,
         })
 
@@ -126,7 +142,7 @@ class PredictWidget(JobWidget):
         while self.region.count() > 1:
             self.region.removeItem(1)
         for layer in self.viewer.layers:
-            if type(layer).__name__ == "Shapes":
+            if is_layer(layer, "Shapes"):
                 self.region.addItem(f"Shapes layer '{layer.name}'", LAYER_PREFIX + layer.name)
         self.region.addItem("regions file", FROM_FILE)
         self.region.setCurrentIndex(max(0, self.region.findData(current)))
@@ -150,10 +166,23 @@ class PredictWidget(JobWidget):
         return canvas.grid if canvas is not None and hasattr(canvas, "grid") else self.viewer.grid
 
     def set_side_by_side(self, on: bool) -> None:
-        """napari's grid: one cell per layer, to compare the encoders' predictions on the same place."""
-        self.grid().enabled = bool(on)
+        """The comparison view's grid (one titled cell per encoder) or its overlay, once a run has scores;
+        before that, napari's grid as it is."""
         if self.side_by_side.isChecked() != bool(on):
             self.side_by_side.setChecked(bool(on))
+            return
+        if getattr(self, "comparison", None) is not None:
+            self.show_comparison()
+        else:
+            self.grid().enabled = bool(on)
+
+    def show_comparison(self) -> list:
+        """Lay the scored predictions out with ``ui.compare.show_comparison`` (overlay or side by side)."""
+        from napari_vesuvius_pt.ui.compare import show_comparison
+
+        mode = "side_by_side" if self.side_by_side.isChecked() else "overlay"
+        return show_comparison(self.viewer, self.config.out, self.config.segment, region=self.config.region,
+                               mode=mode, comparison=self.comparison)
 
     def _region_polygons(self) -> list[np.ndarray] | None:
         source = self.region.currentData() or WHOLE
@@ -207,11 +236,28 @@ class PredictWidget(JobWidget):
             device=self.device.value(),
             dtype=self.dtype.currentData(),
             full_resolution=self.full_resolution.isChecked(),
+            direction=self.direction.currentData(),
+            format=self.out_format.currentData(),
         )
 
     def make_events(self, config: PredictConfig) -> Callable[[], Iterator[Event]]:
         skip_empty = self.skip_empty.isChecked()
-        return lambda: predict_and_evaluate(config, skip_empty)
+
+        def events() -> Iterator[Any]:
+            from napari_vesuvius_pt.engine.comparison import load_comparison
+
+            scored = False
+            for event in predict_and_evaluate(config, skip_empty):
+                scored = scored or (isinstance(event, MetricsReady) and bool(event.metrics))
+                yield event
+            if scored:  # read the arrays, fit the baselines and sample the display range here, in the worker
+                from napari_vesuvius_pt.ui.compare import segment_layer_data
+
+                comparison = load_comparison(config.out, config.segment, config.region)
+                segment_layer_data(comparison)
+                yield comparison
+
+        return events
 
     def planned_epochs(self, config: PredictConfig) -> int:
         return 1
@@ -227,8 +273,11 @@ class PredictWidget(JobWidget):
             args += ["--stride", str(config.stride)]
         args += ["--edge", str(config.edge), "--batch-size", str(config.batch_size), "--weighting", config.weighting,
                  "--dtype", config.dtype, "--device", config.device]
-        if config.full_resolution:
-            args.append("--full-resolution")
+        args.append("--full-resolution" if config.full_resolution else "--no-full-resolution")
+        if config.direction != "forward":
+            args += ["--direction", config.direction]
+        if config.format != "ome-zarr":
+            args += ["--format", config.format]
         evaluate = ["vesuvius-pt", "evaluate", "--prediction", config.out, "--segment", config.segment]
         if config.region:
             evaluate += ["--region", config.region]
@@ -246,6 +295,7 @@ class PredictWidget(JobWidget):
             Path(config.region).parent.mkdir(parents=True, exist_ok=True)
             save_regions(config.region, polygons)
         self.table.setRowCount(0)
+        self.comparison = None
         self.prediction_layers = {}  # re-opened from this job's store at its first tiles
         self._run_total = 0
         self._names_done: dict[str, int] = {}
@@ -265,6 +315,8 @@ class PredictWidget(JobWidget):
         elif isinstance(event, MetricsReady):
             self.show_metrics(event.metrics)
             self._note = event.note
+        elif isinstance(event, Comparison):
+            self.comparison = event
 
     def show_labels(self, event: LabelsReady) -> None:
         name = f"{event.name} ink labels"  # the reader's and the Segments widget's name for them
@@ -343,6 +395,11 @@ class PredictWidget(JobWidget):
             self.show_prediction(name, force=True)
         if outcome.status == "finished" and self._note:
             self.status.setText(f"{self.status.text()} · {self._note}")
+        if outcome.status == "finished" and self.comparison is not None:
+            from napari_vesuvius_pt.ui.notify import reporting_errors
+
+            with reporting_errors("Predict & compare: comparison view"):
+                self.show_comparison()
         if outcome.status == "stopped":
             self.status.setText(
                 f"Stopped; the layers show the bands written so far. Predict again with the same settings to "

@@ -1,7 +1,8 @@
 """Pretrain dock widget: VICReg pretraining of a 3D ResNet on scroll segments, in the background.
 
 Shows the VICReg loss and its three terms per step, and the collapse monitor (embedding standard
-deviation and effective rank of the embeddings) per epoch. Stop leaves a checkpoint in the run folder.
+deviation and effective rank of the embeddings) per epoch, and, with a probe fragment and its regions,
+the online probe's F0.5 and AUC per epoch (engine/online_probe.py). Stop leaves a checkpoint in the run folder.
 """
 
 from __future__ import annotations
@@ -9,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
-from qtpy.QtWidgets import QCheckBox, QWidget
+from qtpy.QtWidgets import QCheckBox, QLabel, QWidget
 
 from napari_vesuvius_pt.config import (
     ENCODER_NAMES,
@@ -21,10 +22,10 @@ from napari_vesuvius_pt.config import (
     PretrainConfig,
     TileConfig,
 )
-from napari_vesuvius_pt.engine.events import Event
+from napari_vesuvius_pt.engine.events import EpochDone, Event
 from napari_vesuvius_pt.errors import ConfigError
 from napari_vesuvius_pt.ui.device_choice import DeviceChoice
-from napari_vesuvius_pt.ui.fields import FILE_OR_FOLDER, FOLDER, PathField, PathList, combo, dspin, hrow, next_free_folder, spin
+from napari_vesuvius_pt.ui.fields import FILE, FILE_OR_FOLDER, FOLDER, PathField, PathList, combo, dspin, hrow, next_free_folder, spin
 from napari_vesuvius_pt.ui.job_panel import JobWidget
 from napari_vesuvius_pt.ui.plots import LivePlot, Panel
 from napari_vesuvius_pt.ui.segment_registry import PRETRAIN
@@ -65,6 +66,11 @@ class PretrainWidget(JobWidget):
         self.run_folder = PathField(FOLDER, "run folder", title="Run folder")
         self.resume = QCheckBox("continue the run in this folder")
         self.resume.setToolTip("Resume from the folder's last checkpoint (same as --resume RUN)")
+        self.probe_fragment = PathField(FILE_OR_FOLDER, "labeled fragment (optional)", title="Probe fragment")
+        self.probe_fragment.setToolTip("Online probe: a frozen linear probe scores ink on this fragment every epoch")
+        self.probe_region = PathField(FILE, "regions JSON/CSV on it", title="Probe regions")
+        self.probe_region.setToolTip("Validation polygons on the probe fragment (JSON or a Shapes CSV); "
+                                     "the rest of the fragment fits the probe")
 
         f = self.form
         f.addRow("segments", self.segments)
@@ -75,6 +81,7 @@ class PretrainWidget(JobWidget):
         f.addRow("optimizer", hrow(self.optimizer, "lr", self.lr))
         f.addRow("z-shift", hrow(self.z_shift, "holes", self.holes, "+", self.big_holes))
         f.addRow("normalize", self.normalization)
+        f.addRow("probe", hrow(self.probe_fragment, self.probe_region))
         f.addRow("device", self.device)
         f.addRow("run folder", self.run_folder)
         f.addRow("", self.resume)
@@ -83,9 +90,17 @@ class PretrainWidget(JobWidget):
                                   xlabel="step", height_per_panel=2.0)
         self.collapse_plot = LivePlot(
             [Panel("collapse monitor", ["embedding_std"], ylabel="std",
-                   secondary=["effective_rank"], secondary_label="effective rank")],
+                   secondary=["effective_rank"], secondary_label="effective rank"),
+             Panel("online probe (frozen encoder)", ["probe_f05", "probe_auc"],
+                   labels={"probe_f05": "F0.5", "probe_auc": "AUC"})],
             xlabel="epoch", height_per_panel=1.8)
         self.add_training_plots(self.loss_plot, self.collapse_plot)
+        self.collapse_note = QLabel()  # models.vicreg.collapse_warning, in words, under the monitor
+        self.collapse_note.setWordWrap(True)
+        self.collapse_note.setStyleSheet("color: #ffb000;")
+        self.collapse_note.setVisible(False)
+        self.results.addWidget(self.collapse_note)
+        self._epoch_metrics: list[dict[str, float]] = []
 
         self.finish_setup({
             "encoder": self.encoder, "widen": self.widen, "tile_depth": self.tile_depth, "tile_size": self.tile_size,
@@ -133,6 +148,8 @@ class PretrainWidget(JobWidget):
             steps_per_epoch=self.steps.value() or None,
             device=self.device.value(),
             resume=out if self.resume.isChecked() else None,
+            probe_fragment=self.probe_fragment.text() or None,
+            probe_region=self.probe_region.text() or None,
         )
 
     def make_events(self, config: PretrainConfig) -> Callable[[], Iterator[Event]]:
@@ -144,6 +161,19 @@ class PretrainWidget(JobWidget):
         return run
 
     # ---------------------------------------------------------------- events (the plots: JobWidget)
+
+    def job_starting(self, config: PretrainConfig) -> None:
+        self._epoch_metrics = []
+        self.collapse_note.setVisible(False)
+
+    def handle_event(self, event: Event) -> None:
+        if isinstance(event, EpochDone):
+            from napari_vesuvius_pt.models.vicreg import collapse_warning
+
+            self._epoch_metrics.append(dict(event.metrics))
+            warning = collapse_warning(self._epoch_metrics)
+            self.collapse_note.setText(f"⚠ {warning}" if warning else "")
+            self.collapse_note.setVisible(bool(warning))
 
     def job_done(self, outcome) -> None:
         if not self.resume.isChecked():

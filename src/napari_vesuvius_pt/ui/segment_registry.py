@@ -24,6 +24,7 @@ from typing import Any, Iterator
 from psygnal import Signal
 
 from napari_vesuvius_pt.config import DataConfig
+from napari_vesuvius_pt.data.remote import is_url
 from napari_vesuvius_pt.errors import ConfigError
 
 PRETRAIN = "pretraining segment"
@@ -34,7 +35,9 @@ LABELED_ROLES = (TRAIN, VALIDATION)  # roles that need ink labels
 
 
 def path_key(path: str | Path) -> str:
-    """The key of a segment path: absolute and resolved, as a string."""
+    """The key of a segment path: absolute and resolved, as a string (a URL as it is)."""
+    if is_url(path):
+        return str(path).strip().rstrip("/")
     p = Path(path).expanduser()
     try:
         return str(p.resolve())

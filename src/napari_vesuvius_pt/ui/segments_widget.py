@@ -8,6 +8,7 @@ run in a napari ``thread_worker``; a newer request makes older results stale (th
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -24,6 +25,7 @@ from qtpy.QtWidgets import (
     QHBoxLayout,
     QHeaderView,
     QLabel,
+    QLineEdit,
     QPushButton,
     QSizePolicy,
     QTableWidget,
@@ -33,8 +35,10 @@ from qtpy.QtWidgets import (
 )
 
 from napari_vesuvius_pt._reader import layers_of_segment
+from napari_vesuvius_pt.ui.layers import layers_showing, same_layer, show_only_segment
 from napari_vesuvius_pt.config import NORMALIZATIONS
 from napari_vesuvius_pt.data.display import display_limits
+from napari_vesuvius_pt.data.remote import CACHE_ENV, CACHE_SIZE_ENV, DEFAULT_CACHE_SIZE, configure, default_cache_dir, is_url
 from napari_vesuvius_pt.data.preview import (
     PREVIEW_SIDE,
     OpenOptions,
@@ -44,7 +48,7 @@ from napari_vesuvius_pt.data.preview import (
     to_rgb8,
 )
 from napari_vesuvius_pt.errors import VesuviusError
-from napari_vesuvius_pt.ui.fields import FILE_OR_FOLDER, PathField, combo, hrow, spin
+from napari_vesuvius_pt.ui.fields import FILE_OR_FOLDER, FOLDER, PathField, combo, hrow, spin
 from napari_vesuvius_pt.ui.notify import notify_error, reporting_errors
 from napari_vesuvius_pt.ui.segment_registry import (
     PRETRAIN,
@@ -99,6 +103,7 @@ def _disconnecter(registry: Any, viewer: Any, refresh: Any, layer_removed: Any):
 class SegmentsWidget(QWidget):
     def __init__(self, napari_viewer: Any, parent: QWidget | None = None) -> None:
         super().__init__(parent)
+        self.setObjectName("vesuvius-segments")  # ui.docks: the plugin's docks share one tabbed panel
         self.viewer = napari_viewer
         self.registry = registry_for(napari_viewer)
         self._generation = 0  # newer requests make older preview results stale
@@ -112,9 +117,20 @@ class SegmentsWidget(QWidget):
         self._layers: dict[str, list[Any]] = {}  # registry key -> the layers shown for it
 
         # -- open
-        self.path = PathField(FILE_OR_FOLDER, "segment folder, .tif or .zarr", title="Choose a segment")
+        self.path = PathField(FILE_OR_FOLDER, "segment folder, .tif, .zarr, https:// or s3:// URL",
+                              title="Choose a segment")
         self.path.setToolTip("A Kaggle fragment folder (surface_volume/), a scroll segment folder (layers/), "
-                             "a multi-page TIFF, or a zarr / OME-Zarr")
+                             "a multi-page TIFF, or a zarr / OME-Zarr; also the https:// or s3:// URL of a "
+                             "zarr / OME-Zarr (or of a layers folder on a server that lists files)")
+        # -- the chunk cache of remote segments (data.remote), shared by all runs of this napari
+        self._cache_env = {k: os.environ.get(k) for k in (CACHE_ENV, CACHE_SIZE_ENV)}  # restored when cleared
+        self.cache = PathField(FOLDER, str(default_cache_dir()), title="Choose the chunk cache folder")
+        self.cache.setToolTip("Remote segments (https://, s3://): where downloaded chunks are kept, shared by all "
+                              f"runs (the CLI's --cache). Empty: ${CACHE_ENV}, else ~/.cache/vesuvius-pt")
+        self.cache_size = QLineEdit()
+        self.cache_size.setPlaceholderText(os.environ.get(CACHE_SIZE_ENV) or DEFAULT_CACHE_SIZE)
+        self.cache_size.setToolTip("Cap of the chunk cache, e.g. 50G; least recently used chunks go first "
+                                   "(the CLI's --cache-size)")
         self.info = QLabel("Choose a segment.")
         self.info.setWordWrap(True)
         self.z_start = spin(0, 0, 0, "First layer to read (index in the file)")
@@ -141,6 +157,7 @@ class SegmentsWidget(QWidget):
         form = QFormLayout(open_box)
         form.addRow("path", self.path)
         form.addRow("", self.info)
+        form.addRow("cache", hrow(self.cache, "max", self.cache_size))
         form.addRow("layers", hrow(self.z_start, "to", self.z_stop))
         form.addRow("downsample", hrow(self.downsample, self.reverse))
         form.addRow("normalize", self.normalization)
@@ -183,6 +200,8 @@ class SegmentsWidget(QWidget):
         self._debounce.setInterval(250)
         self._debounce.timeout.connect(self._request_preview)
         self.path.changed.connect(self._path_changed)
+        self.cache.changed.connect(self._cache_changed)
+        self.cache_size.textChanged.connect(self._cache_changed)
         for box in (self.z_start, self.z_stop, self.downsample):
             box.valueChanged.connect(self._options_changed)
         self.z_start.valueChanged.connect(self._keep_start_below_stop)
@@ -192,18 +211,26 @@ class SegmentsWidget(QWidget):
         self.load_button.clicked.connect(self.load)
         self.role.currentIndexChanged.connect(self._role_changed)
         self.remove_button.clicked.connect(self.remove_selected)
+        self.table.itemSelectionChanged.connect(self._selection_changed)
         self.registry.changed.connect(self._refresh_table)
         self.viewer.layers.events.removed.connect(self._layer_removed)
         self.destroyed.connect(_disconnecter(self.registry, self.viewer, self._refresh_table, self._layer_removed))
 
         self.remembered = remember(TITLE, {"normalization": self.normalization, "downsample": self.downsample,
-                                           "reverse": self.reverse})
+                                           "reverse": self.reverse, "cache": self.cache.edit,
+                                           "cache_size": self.cache_size})
         last = load_settings(TITLE).get("path")
-        if isinstance(last, str) and last and Path(last).exists():
+        if isinstance(last, str) and last and (is_url(last) or Path(last).exists()):
             self.path.set_text(last)
         self._refresh_table()
 
     # ---------------------------------------------------------------- options
+
+    def showEvent(self, event) -> None:  # noqa: N802 (Qt naming)
+        from napari_vesuvius_pt.ui.docks import tabify_on_show
+
+        tabify_on_show(self)
+        super().showEvent(event)
 
     def options(self) -> OpenOptions:
         z_range = (self.z_start.value(), self.z_stop.value()) if self._n_layers else None
@@ -227,6 +254,20 @@ class SegmentsWidget(QWidget):
     def _keep_stop_above_start(self, stop: int) -> None:
         if stop <= self.z_start.value():
             self.z_start.setValue(stop - 1)
+
+    def _cache_changed(self, *_args: Any) -> None:
+        """The cache fields become this process's defaults (what every run and worker reads)."""
+        for key, value in self._cache_env.items():  # an empty field: back to the environment's value
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+        try:
+            configure(self.cache.text() or None, self.cache_size.text() or None)
+        except VesuviusError as exc:
+            self.status.setText(str(exc))
+            return
+        self.status.setText("")
 
     def _role_changed(self, _index: int) -> None:
         if not self._suggesting_role:
@@ -372,12 +413,25 @@ class SegmentsWidget(QWidget):
                 has_mask=segment.mask is not None, has_inklabels=segment.inklabels is not None, fmt=segment.fmt)
             check_role(role, entry.has_inklabels, segment.name)
             self._remove_layers(entry.key)
+            for layer in layers_showing(self.viewer, segment.path):  # opened before (File › Open): same segment
+                self.viewer.layers.remove(layer)
             limits = display_limits(preview.normalizer, segment.volume, segment.mask)
             layers = [self.viewer.add_layer(Layer.create(*data)) for data in layers_of_segment(segment, limits)]
             self._layers[entry.key] = layers
             entry = replace(entry, layer_names=tuple(layer.name for layer in layers))
             self.registry.add(entry)
+            self.show_only(entry.path)
             self.status.setText(f"Loaded {segment.name} as a {role}.")
+
+    def show_only(self, path: str | Path) -> None:
+        """Show this segment's layers, hide the other loaded segments' (``ui.layers.show_only_segment``)."""
+        show_only_segment(self.viewer, path, [e.path for e in self.registry])
+
+    def _selection_changed(self) -> None:
+        rows = sorted({index.row() for index in self.table.selectedIndexes()})
+        entries = list(self.registry)
+        if len(rows) == 1 and rows[0] < len(entries):
+            self.show_only(entries[rows[0]].path)
 
     def _remove_layers(self, key: str) -> None:
         for layer in self._layers.pop(key, []):
@@ -388,7 +442,7 @@ class SegmentsWidget(QWidget):
         """A segment whose volume layer the user deletes leaves the list too."""
         layer = event.value
         for key, layers in list(self._layers.items()):
-            if layers and layers[0] is layer:
+            if layers and same_layer(layers[0], layer):
                 self._layers.pop(key)
                 self.registry.remove(key)
 

@@ -338,4 +338,9 @@ class JobRunner:
             elif outcome.status == "failed":
                 where = f" (last good checkpoint: {outcome.checkpoint})" if outcome.checkpoint else ""
                 notify_error(f"{outcome.message}{where}", self.label)
-        self._on_done(outcome)
+        try:
+            self._on_done(outcome)
+        except Exception as exc:  # a widget bug at the end of a job must not take the viewer down
+            log.exception("%s: finishing the job failed", self.label)
+            if self._notify:
+                notify_error(exc, f"{self.label}: could not show the result")

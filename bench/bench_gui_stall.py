@@ -1,0 +1,208 @@
+"""Does the viewer stall while jobs run? A 10 ms heartbeat QTimer on the GUI thread records the gaps
+between its ticks while each dock's job runs, ends, is stopped, and while its widget is closed mid-run.
+
+For each case the longest gap is reported (the goal: <= 100 ms); a gap is time the GUI thread spent on
+something else (layer refreshes, plots, checkpoint writes at stop, generator clean-up) — the jobs
+themselves run in napari worker threads. Runs the real docks, opened as the Plugins menu opens them,
+with tiny models on synthetic data:
+
+    xvfb-run -a python bench/bench_gui_stall.py            # prints a table; --append adds it to bench/RESULTS.md
+
+Run it on a busy machine to see the worst case (the issue's numbers were taken with other jobs running).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+HEARTBEAT_MS = 10
+GOAL_MS = 100.0
+
+
+class Heartbeat:
+    def __init__(self) -> None:
+        from qtpy.QtCore import QTimer
+
+        self.timer = QTimer()
+        self.timer.setInterval(HEARTBEAT_MS)
+        self.timer.timeout.connect(self._tick)
+        self.last = None
+        self.gaps: list[float] = []
+
+    def _tick(self) -> None:
+        now = time.perf_counter()
+        if self.last is not None:
+            self.gaps.append(now - self.last)
+        self.last = now
+
+    def start(self) -> None:
+        self.gaps, self.last = [], None
+        self.timer.start()
+
+    def stop(self) -> float:
+        self.timer.stop()
+        return max(self.gaps, default=0.0) * 1000.0
+
+
+def pump(seconds: float) -> None:
+    from qtpy.QtWidgets import QApplication
+
+    end = time.monotonic() + seconds
+    while time.monotonic() < end:
+        QApplication.processEvents()
+        time.sleep(0.002)
+
+
+def wait(predicate, timeout: float = 600.0) -> None:
+    from qtpy.QtWidgets import QApplication
+
+    end = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > end:
+            raise TimeoutError("job did not finish")
+        QApplication.processEvents()
+        time.sleep(0.002)
+
+
+def idle(widget) -> bool:
+    return widget.runner.state == "idle" and widget.runner.last_outcome is not None
+
+
+def ink_checkpoint(path: Path, seed: int) -> Path:
+    import torch
+
+    from napari_vesuvius_pt.config import DataConfig, EncoderConfig, TileConfig, to_dict
+    from napari_vesuvius_pt.models.checkpoint import save_checkpoint
+    from napari_vesuvius_pt.models.encoder import encoder_from_spec
+    from napari_vesuvius_pt.models.head import InkModel
+
+    torch.manual_seed(seed)
+    spec = EncoderConfig(name="resnet10", widen_factor=0.25)
+    model = InkModel(encoder_from_spec(spec), output_stride=4)
+    return save_checkpoint(path, {
+        "kind": "finetune", "encoder_spec": to_dict(spec), "encoder": model.encoder.state_dict(),
+        "head": model.head.state_dict(), "output_stride": 4, "tile": to_dict(TileConfig(depth=16, size=32, stride=32)),
+        "data": to_dict(DataConfig()), "epoch": 1, "metrics": {},
+    })
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--append", action="store_true", help="append the table to bench/RESULTS.md")
+    parser.add_argument("--epochs", type=int, default=3)
+    args = parser.parse_args(argv)
+    work = Path(tempfile.mkdtemp(prefix="vesuvius-stall-"))
+    os.environ.setdefault("NAPARI_VESUVIUS_PT_SETTINGS", str(work / "widgets.json"))
+    import napari
+    import torch
+
+    torch.set_num_threads(1)
+    from napari_vesuvius_pt.data.synthetic import make_fragment, make_scroll_segment, write_segment
+
+    fragment = write_segment(make_fragment((20, 192, 192), seed=0), work / "fragment0")
+    scroll = write_segment(make_scroll_segment((20, 160, 160), seed=2), work / "segment2", layout="layers")
+    ckpts = [ink_checkpoint(work / f"encoder-{c}.pt", i) for i, c in enumerate("ab")]
+    rows: list[tuple[str, str, float]] = []
+    beat = Heartbeat()
+
+    def pretrain_widget(viewer, run: Path, epochs: int, steps: int):
+        _, w = viewer.window.add_plugin_dock_widget("napari-vesuvius-pt", "Pretrain")
+        w.segments.add(str(scroll))
+        w.encoder.setCurrentIndex(w.encoder.findData("resnet10"))
+        w.widen.setValue(0.25)
+        w.tile_depth.setValue(16)
+        w.tile_size.setValue(32)
+        w.tile_stride.setValue(16)
+        w.epochs.setValue(epochs)
+        w.batch_size.setValue(4)
+        w.steps.setValue(steps)
+        w.device.set_value("cpu")
+        w.run_folder.set_text(str(run))
+        return w
+
+    def measure(job: str, widget, until_done: bool = True, then=None, after_s: float = 1.0) -> None:
+        beat.start()
+        assert widget.start(), widget.status.text()
+        if then is None:
+            wait(lambda: idle(widget))
+            running = beat.stop()
+            rows.append((job, "runs and ends", running))
+            return
+        pump(after_s)
+        rows.append((job, "runs", beat.stop()))
+        beat.start()
+        then()
+        pump(3.0)  # the stop / close and what follows it on the GUI thread
+        rows.append((job, "stopped" if then.__name__ == "stop" else "closed mid-run", beat.stop()))
+
+    viewer = napari.Viewer(show=True)
+    run = work / "vicreg"
+    w = pretrain_widget(viewer, run, args.epochs, 4)
+    measure("Pretrain", w)
+    w2 = pretrain_widget(viewer, work / "vicreg-stop", 20, 50)
+    measure("Pretrain", w2, then=w2.stop, after_s=3.0)
+    wait(lambda: idle(w2))
+    viewer.close()
+
+    viewer = napari.Viewer(show=True)
+    w3 = pretrain_widget(viewer, work / "vicreg-close", 20, 50)
+
+    def close():
+        viewer.window.remove_dock_widget(w3.parent() if w3.parent() is not None else w3)
+
+    measure("Pretrain", w3, then=close, after_s=3.0)
+    viewer.close()
+
+    viewer = napari.Viewer(show=True)
+    _, p = viewer.window.add_plugin_dock_widget("napari-vesuvius-pt", "Predict & compare")
+    p.segment.set_text(str(fragment))
+    for c in ckpts:
+        p.checkpoints.add(c)
+    p.out.set_text(str(work / "pred.zarr"))
+    p.batch_size.setValue(8)
+    p.edge.setValue(0)
+    p.device.set_value("cpu")
+    measure("Predict & compare (with the comparison view at the end)", p)
+    viewer.close()
+
+    viewer = napari.Viewer(show=True)
+    _, c = viewer.window.add_plugin_dock_widget("napari-vesuvius-pt", "CKA")
+    c.run.set_text(str(run))
+    c.segment.set_text(str(scroll))
+    c.tiles.setValue(16)
+    c.device.set_value("cpu")
+    measure("CKA", c)
+    _, e = viewer.window.add_plugin_dock_widget("napari-vesuvius-pt", "Embedding explorer")
+    e.segment.set_text(str(fragment))
+    e.encoders.add(str(run))
+    e.tile_size.setValue(32)
+    e.device.set_value("cpu")
+    measure("Embedding explorer", e)
+    viewer.close()
+
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+    lines = [f"{'job':58s} {'phase':16s} {'longest gap':>12s}"]
+    for job, phase, gap in rows:
+        flag = "" if gap <= GOAL_MS else "  > 100 ms"
+        lines.append(f"{job:58s} {phase:16s} {gap:9.0f} ms{flag}")
+    table = "\n".join(lines)
+    print(table)
+    if args.append:
+        text = (f"\n\n## GUI stalls while jobs run (bench/bench_gui_stall.py)\n\n"
+                f"`xvfb-run -a python bench/bench_gui_stall.py --append` on {platform.node() or 'this machine'} "
+                f"({os.cpu_count()} CPUs, load average {load:.1f} at the end): the longest gap between ticks of a "
+                f"{HEARTBEAT_MS} ms heartbeat QTimer on the GUI thread, per job and phase (goal: <= {GOAL_MS:.0f} ms).\n\n"
+                f"```\n{table}\n```\n")
+        with open(Path(__file__).with_name("RESULTS.md"), "a", encoding="utf-8") as fh:
+            fh.write(text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
