@@ -27,7 +27,7 @@ import numpy as np
 
 from napari_vesuvius_pt.analysis.metrics import BinaryMetrics, fbeta, fbeta_sweep
 from napari_vesuvius_pt.data.blocks import block_fraction
-from napari_vesuvius_pt.engine.prediction_store import PredictionStore, decode, open_prediction
+from napari_vesuvius_pt.engine.prediction_store import PredictionStore, decode
 from napari_vesuvius_pt.engine.tiling import region_mask
 from napari_vesuvius_pt.errors import SegmentError
 
@@ -206,18 +206,10 @@ def load_comparison(prediction: str | Path | PredictionStore, segment: Any, regi
                     beta: float = 0.5, external_baselines: bool = True) -> Comparison:
     """Every encoder of ``prediction`` against ``segment`` (a path or an opened Segment) inside its mask
     and ``region`` (a regions file, polygons in full-resolution (y, x) pixels, or None for all of it)."""
-    from napari_vesuvius_pt.engine.evaluation import _open_segment_for
+    from napari_vesuvius_pt.engine.evaluation import open_labeled
 
-    store = prediction if isinstance(prediction, PredictionStore) else open_prediction(prediction)
-    names = store.names
-    if not names:
-        raise SegmentError(f"{store.path} holds no predictions yet; run vesuvius-pt predict --out {store.path}")
-    seg = _open_segment_for(store, segment, names)
+    store, names, seg = open_labeled(prediction, segment)
     plane = tuple(int(s) for s in seg.shape[1:])
-    store.check_segment(seg.name, plane, seg.path)
-    if seg.inklabels is None:
-        raise SegmentError(f"{seg.name} has no ink labels to compare against; compare on a fragment with "
-                           "inklabels.png")
     where = np.asarray(seg.scored_mask(), dtype=bool)  # supervision / ignore masks honoured
     polygons = _polygons(region)
     bbox = None

@@ -92,21 +92,29 @@ class ScoredPlane:
         return self.raw.astype(np.float32) / np.float32(self.scale)
 
 
-def scored_planes(prediction: str | Path | PredictionStore, segment: Any, region: str | Path | None = None,
-                  skip_empty: bool = False, names: Sequence[str] | None = None,
-                  partial: bool = False, masks: bool = True) -> Iterator[ScoredPlane]:
-    """Each encoder of ``prediction`` on its grid with its pooled labels and scored area, as
-    ``evaluate`` scores them (see the module docstring); arguments as for ``evaluate``."""
+def open_labeled(prediction: str | Path | PredictionStore, segment: Any, names: Sequence[str] | None = None
+                 ) -> tuple[PredictionStore, list[str], Any]:
+    """The prediction store, the encoders to score (``names`` or all) and their labeled segment, checked
+    to match the store's plane; :class:`SegmentError` when there is nothing to score against."""
     store = prediction if isinstance(prediction, PredictionStore) else open_prediction(prediction)
     names = list(names) if names else store.names
     if not names:
         raise SegmentError(f"{store.path} holds no predictions yet; run vesuvius-pt predict --out {store.path}")
     seg = _open_segment_for(store, segment, names)
-    plane = tuple(int(s) for s in seg.shape[1:])
-    store.check_segment(seg.name, plane, seg.path)
+    store.check_segment(seg.name, tuple(int(s) for s in seg.shape[1:]), seg.path)
     if seg.inklabels is None:
-        raise SegmentError(f"{seg.name} ({seg.path}) has no ink labels to evaluate against; "
-                           "evaluate on a fragment with inklabels.png")
+        raise SegmentError(f"{seg.name} ({seg.path}) has no ink labels to score against; "
+                           "use a fragment with inklabels.png")
+    return store, names, seg
+
+
+def scored_planes(prediction: str | Path | PredictionStore, segment: Any, region: str | Path | None = None,
+                  skip_empty: bool = False, names: Sequence[str] | None = None,
+                  partial: bool = False, masks: bool = True) -> Iterator[ScoredPlane]:
+    """Each encoder of ``prediction`` on its grid with its pooled labels and scored area, as
+    ``evaluate`` scores them (see the module docstring); arguments as for ``evaluate``."""
+    store, names, seg = open_labeled(prediction, segment, names)
+    plane = tuple(int(s) for s in seg.shape[1:])
     where = scored_area(seg, region, masks)
     labels = np.asarray(seg.inklabels) > 0
 
