@@ -57,7 +57,6 @@ from napari_vesuvius_pt.engine.events import Event, PreviewReady
 from napari_vesuvius_pt.engine.failures import is_out_of_memory, out_of_memory_message
 from napari_vesuvius_pt.engine.loop import (
     EpochFailed,
-    check_same_batches,
     hold_run,
     open_run,
     prepare_training,
@@ -66,7 +65,7 @@ from napari_vesuvius_pt.engine.loop import (
 )
 from napari_vesuvius_pt.engine.precision import Precision
 from napari_vesuvius_pt.engine.rng import seed_everything
-from napari_vesuvius_pt.errors import ConfigError, RunError
+from napari_vesuvius_pt.errors import ConfigError
 
 REGION_COPY = "val_region.json"  # the validation polygons, copied into the run folder
 PREVIEW_MAX_PIXELS = 16_000_000  # larger previews are sent at the model's output resolution, with a scale
@@ -356,19 +355,6 @@ def preview(mean: np.ndarray, origin: tuple[int, int], cell: int, downsample: in
 # ---------------------------------------------------------------- the run
 
 
-def _check_resumable(cfg: FinetuneConfig, payload: dict[str, Any], where: Path) -> None:
-    check_same_batches(cfg, payload, where)
-    saved = payload.get("config") or {}
-    now = {"tile": to_dict(cfg.tile), "output_stride": cfg.output_stride, "freeze_encoder": cfg.freeze_encoder,
-           "fragments": list(cfg.fragments)}
-    diff = [k for k in now if k in saved and saved[k] != now[k]]
-    if diff:
-        raise RunError(
-            f"cannot resume {where}: it was trained with " + ", ".join(f"{k}={saved[k]!r}" for k in diff)
-            + "; resume with the run's own config.yaml"
-        )
-
-
 def finetune(cfg: FinetuneConfig) -> Iterator[Event]:
     """Run (or resume, with ``cfg.resume``) an ink fine-tuning; see the module docstring."""
     validate_finetune_config(cfg)
@@ -474,7 +460,7 @@ class _InkSteps:
 
 
 def _finetune(cfg: FinetuneConfig, ctx: DistContext) -> Iterator[Event]:
-    run, payload, cfg_run = open_run(cfg, "finetune", _check_resumable)
+    run, payload, cfg_run = open_run(cfg, "finetune")
     if ctx.is_main:
         run.create(cfg_run, fresh=payload is None)  # the folder first: the region copy goes into it
 

@@ -17,7 +17,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol, TypeVar
@@ -120,34 +120,21 @@ def hold_run(cfg: TrainingConfig) -> Iterator[None]:
 # ---------------------------------------------------------------- 2. the run folder
 
 
-def open_run(cfg: C, kind: str, check_resumable: Callable[[C, dict[str, Any], Path], None]
-             ) -> tuple[RunFolder, dict[str, Any] | None, C]:
+def open_run(cfg: C, kind: str) -> tuple[RunFolder, dict[str, Any] | None, C]:
     """The run folder, the checkpoint to resume from (None for a new run) and the config to save.
 
-    ``check_resumable(cfg, payload, checkpoint_path)`` refuses a resume with settings the run cannot
-    continue with; it calls :func:`check_same_batches` and compares the run's own fields.
+    A resume with any setting that changes the run's results is refused by
+    :func:`~napari_vesuvius_pt.engine.resume.resume_changes` (batch size and steps per epoch included,
+    so a run stopped inside an epoch continues with the batches it was stopped with).
     """
     run = RunFolder(cfg.resume or cfg.out)
     payload: dict[str, Any] | None = None
     if cfg.resume:
         ckpt_path, payload = run.load_latest(kind)
         changes = resume_changes(cfg, payload, ckpt_path, run.path)
-        check_resumable(cfg, payload, ckpt_path)
         if changes or run.notes:
             run.record_resume(ckpt_path, payload, changes)
     return run, payload, dataclasses.replace(cfg, out=str(run.path), resume=None)
-
-
-def check_same_batches(cfg: TrainingConfig, payload: dict[str, Any], where: Path) -> None:
-    """A run stopped inside an epoch resumes only with the batches it was stopped with."""
-    saved = payload.get("config") or {}
-    if payload.get("step"):  # stopped inside an epoch: the rest of that epoch needs the same batches
-        for key, now_value in (("batch_size", cfg.batch_size), ("steps_per_epoch", cfg.steps_per_epoch)):
-            if key in saved and saved[key] != now_value:
-                raise RunError(
-                    f"cannot resume {where} inside epoch {int(payload['epoch']) + 1} with {key}={now_value!r}: it was "
-                    f"stopped there with {key}={saved[key]!r}; keep the run's own value"
-                )
 
 
 # ---------------------------------------------------------------- 4. optimizer, schedule, precision, resume

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -32,7 +31,6 @@ from napari_vesuvius_pt.engine.datasets import PretrainViews, TileSource, open_s
 from napari_vesuvius_pt.engine.distributed import DistContext, run_distributed, unwrap, wrap_ddp
 from napari_vesuvius_pt.engine.events import Event
 from napari_vesuvius_pt.engine.loop import (
-    check_same_batches,
     hold_run,
     open_run,
     prepare_training,
@@ -42,7 +40,7 @@ from napari_vesuvius_pt.engine.loop import (
 from napari_vesuvius_pt.engine.online_probe import ProbeData, due, prepare_probe, run_probe, validate_probe_config
 from napari_vesuvius_pt.engine.precision import Precision
 from napari_vesuvius_pt.engine.rng import seed_everything
-from napari_vesuvius_pt.errors import ConfigError, RunError
+from napari_vesuvius_pt.errors import ConfigError
 from napari_vesuvius_pt.models.encoder import encoder_from_spec
 from napari_vesuvius_pt.models.vicreg import Expander, embedding_stats, vicreg_loss
 
@@ -75,21 +73,6 @@ def validate_pretrain_config(cfg: PretrainConfig) -> None:
     if cfg.mask_erosion < 0:
         raise ConfigError(f"mask_erosion must be 0 or more pixels, got {cfg.mask_erosion}")
     validate_probe_config(cfg)
-
-
-def _check_resumable(cfg: PretrainConfig, payload: dict[str, Any], where: Path) -> None:
-    check_same_batches(cfg, payload, where)
-    saved = payload.get("config") or {}
-    for key, now in (("encoder", to_dict(cfg.encoder)), ("tile", to_dict(cfg.tile)),
-                     ("vicreg", {"expander": list(cfg.vicreg.expander)})):
-        before = saved.get(key) or {}
-        diff = [k for k in now if k in before and before[k] != now[k]]
-        if diff:
-            raise RunError(
-                f"cannot resume {where}: it was trained with {key} "
-                + ", ".join(f"{k}={before[k]!r}" for k in diff)
-                + f", not {', '.join(f'{k}={now[k]!r}' for k in diff)}; resume with the run's own config.yaml"
-            )
 
 
 class _VICRegSteps:
@@ -155,7 +138,7 @@ def pretrain(cfg: PretrainConfig) -> Iterator[Event]:
 
 
 def _pretrain(cfg: PretrainConfig, ctx: DistContext) -> Iterator[Event]:
-    run, payload, cfg_run = open_run(cfg, "pretrain", _check_resumable)
+    run, payload, cfg_run = open_run(cfg, "pretrain")
     saved_norm = (payload or {}).get("normalization") or {}
     sources = _open_sources(cfg, saved_norm)
     index = tile_index(sources)
