@@ -111,6 +111,7 @@ def compare_shots(viewer, predict, out: Path) -> None:
     """The comparison view after a Predict & compare run: overlay, threshold, difference map, grid."""
     from napari_vesuvius_pt.ui.compare import comparison_panel
 
+    wait(lambda: predict.comparison_layers is not None)  # laid out one layer per event-loop turn
     panel = comparison_panel(predict.viewer)
     panel.parent().raise_()
     best = max(panel.comparison.encoders, key=lambda e: panel.comparison.predictions[e].metrics.f05)
@@ -128,6 +129,7 @@ def compare_shots(viewer, predict, out: Path) -> None:
         layer.visible = False
     shoot(viewer, out / "compare_difference.png")
     predict.side_by_side.setChecked(True)
+    wait(lambda: predict.comparison_layers is not None)
     shoot(viewer, out / "compare_grid.png")
     predict.side_by_side.setChecked(False)
 

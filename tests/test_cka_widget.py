@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import shutil
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -61,6 +62,9 @@ def test_cka_panel_shows_the_epoch_matrix_follows_the_run_and_exports(make_napar
         np.testing.assert_allclose(np.diag(matrix), 1.0, atol=1e-6)
         np.testing.assert_allclose(matrix, matrix.T)
         assert 0.0 <= matrix[0, 1] <= 1.0
+    # the heatmaps are laid out and rendered off the GUI thread, never on it
+    assert heat.canvas.wait_drawn()
+    assert heat.canvas.renders >= 1 and threading.main_thread().ident not in heat.canvas.render_threads
     titles = [ax.get_title() for ax in heat.figure.axes[:2]]
     assert len(heat.figure.axes) >= 2 and [t.split(" (")[0] for t in titles] == ["linear CKA", "RBF CKA"]
     assert all("colour scale" in t for t in titles)  # the scale fits the values and says so

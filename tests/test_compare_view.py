@@ -146,6 +146,7 @@ def test_table_has_the_all_ink_baseline_and_flags_an_encoder_at_it(make_napari_v
     called = (probs >= 0.6) & scored
     assert at["vicreg"]["precision"] == pytest.approx((called & ink).sum() / called.sum())
     assert "at threshold 0.60" in panel.at_threshold.text()
+    assert panel.canvas.wait_drawn()  # the curves are drawn off the GUI thread
     assert len(panel.roc_ax.lines) == 4 and len(panel.pr_ax.lines) == 4  # 3 encoders + the chance line
 
 

@@ -109,6 +109,7 @@ def test_explorer_dock_shows_rgb_features_and_updates_similarity_on_click(make_n
     assert widget.start()
     qtbot.waitUntil(lambda: widget.runner.state == "idle" and widget.runner.last_outcome is not None, timeout=120_000)
     assert widget.runner.last_outcome.status == "finished", widget.status.text()
+    qtbot.waitUntil(lambda: widget.shown, timeout=60_000)  # the layers come one per event-loop turn
     rgb = [la for la in viewer.layers if la.metadata.get("embedding") == "rgb"]
     assert len(rgb) == 2 and all(la.rgb and la.data.shape == (12, 16, 3) for la in rgb)
     assert sum(la.visible for la in rgb) == 1  # one encoder at a time

@@ -83,15 +83,19 @@ def test_predict_two_checkpoints_gives_two_layers_and_a_metrics_table(make_napar
         assert row["recall"] == pytest.approx(expected[name].recall, abs=1e-3)
         assert row["AUC"] == pytest.approx(expected[name].auc, abs=1e-3)
 
-    # after the run, the comparison view: one prediction at a time, then one grid cell per encoder
+    # after the run, the comparison view (laid out one layer per event-loop turn): one prediction at a
+    # time, then one grid cell per encoder
+    qtbot.waitUntil(lambda: widget.comparison_layers is not None, timeout=JOB_TIMEOUT_MS)
     shown = [la for la in viewer.layers if la.metadata.get("comparison") == "prediction" and la.visible]
     assert [la.metadata["encoder"] for la in shown] == ["encoder-a"]
     widget.side_by_side.setChecked(True)
+    qtbot.waitUntil(lambda: widget.comparison_layers is not None, timeout=JOB_TIMEOUT_MS)
     grid = viewer.canvas.grid
     assert grid.enabled
     layers = list(viewer.layers)
     assert len({grid.position(i, layers) for i in range(len(layers))} - {(-1, -1)}) == 2
     widget.side_by_side.setChecked(False)
+    qtbot.waitUntil(lambda: widget.comparison_layers is not None, timeout=JOB_TIMEOUT_MS)
     assert not viewer.canvas.grid.enabled
     assert "--checkpoint" in widget.cli_line.text() and str(out) in widget.cli_line.text()
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import shlex
+import threading
 from pathlib import Path
 
 from napari_vesuvius_pt.cli import main as cli_main
@@ -59,6 +60,8 @@ def test_pretraining_from_the_widget_writes_checkpoints_and_plots(make_napari_vi
     # and they are drawn: on the curves, inside the axes' view
     assert widget.loss_plot.drawn_points("loss") == losses
     assert len(widget.collapse_plot.drawn_points("effective_rank")) == 2
+    main = threading.main_thread().ident  # rendered off the GUI thread (it froze the viewer there)
+    assert widget.loss_plot.canvas.renders >= 1 and main not in widget.loss_plot.canvas.render_threads
     # progress at the end, the device the job ran on, and the CLI that repeats it from the saved config
     assert widget.progress.run_bar.value() == widget.progress.run_bar.maximum() == 4
     assert "cpu" in widget.status.text() and "Finished" in widget.status.text()

@@ -23,6 +23,7 @@ Layers are recognised with ``isinstance`` against ``napari.layers`` classes, whi
 from __future__ import annotations
 
 import weakref
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, Literal
 
@@ -44,6 +45,7 @@ from qtpy.QtWidgets import (
 )
 
 from napari_vesuvius_pt.engine.comparison import Comparison, load_comparison
+from napari_vesuvius_pt.ui.in_turns import run_in_turns, run_now
 from napari_vesuvius_pt.ui.layers import find_segment_layer, is_layer, outline_labels, unwrap
 
 Mode = Literal["overlay", "side_by_side"]
@@ -126,6 +128,25 @@ def show_comparison(viewer: Any, prediction: str | Path | Any, segment: Any, reg
 
     ``mode``: "overlay" (one prediction at a time over the volume) or "side_by_side" (one grid cell per
     encoder). ``panel``: dock the Comparison panel (switch, threshold, table, curves, warnings)."""
+    return run_now(comparison_steps(viewer, prediction, segment, region, mode, comparison, panel)) or []
+
+
+def show_comparison_in_turns(viewer: Any, prediction: str | Path | Any, segment: Any, region: Any = None,
+                             mode: Mode = "overlay", comparison: Comparison | None = None, panel: bool = True,
+                             done: Callable[[list], None] | None = None,
+                             failed: Callable[[Exception], None] | None = None) -> Callable[[], None]:
+    """``show_comparison`` one layer per turn of Qt's event loop (``ui.in_turns``), for widgets: a grid of
+    four encoders adds sixteen layers, which froze the viewer for seconds in one call. ``done(layers)``
+    at the end; returns ``cancel()``."""
+    steps = comparison_steps(viewer, prediction, segment, region, mode, comparison, panel)
+    return run_in_turns(steps, done=None if done is None else (lambda made: done(made or [])), failed=failed)
+
+
+def comparison_steps(viewer: Any, prediction: str | Path | Any, segment: Any, region: Any = None,
+                     mode: Mode = "overlay", comparison: Comparison | None = None,
+                     panel: bool = True) -> Iterator[list]:
+    """The comparison layout as steps: yields the layers made so far after each layer it adds (and once
+    at the end, with the panel set); ``show_comparison`` runs them all at once."""
     from napari_vesuvius_pt.errors import ConfigError
 
     if mode not in MODES:
@@ -149,15 +170,18 @@ def show_comparison(viewer: Any, prediction: str | Path | Any, segment: Any, reg
             volume = viewer.add_image(data, **{**kwargs, "name": f"{seg.name} (comparison)",
                                                "metadata": {**kwargs["metadata"], COMPARE_KEY: "volume"}})
             made.append(volume)
+            yield made
         volume.visible = True
         for i, (encoder, names) in enumerate(encoders.items()):
             made.append(_prediction_layer(viewer, comparison, names[0], f"compare: {encoder}", visible=i == 0))
+            yield made
         labels = find_segment_layer(viewer, seg.path, (f"{seg.name} ink labels",), kinds=("Labels",))
         if labels is None:
             data, kwargs = seg_data["inklabels"]
             labels = viewer.add_labels(data, **{**kwargs, "name": f"{seg.name} ink labels (comparison)",
                                                 "metadata": {**kwargs["metadata"], COMPARE_KEY: "labels"}})
             made.append(labels)
+            yield made
         labels.visible = True
         outline_labels(labels)
         viewer.layers.move(viewer.layers.index(labels), len(viewer.layers))
@@ -170,20 +194,23 @@ def show_comparison(viewer: Any, prediction: str | Path | Any, segment: Any, reg
         y0, x0 = (comparison.region_bbox[:2] if comparison.region_bbox is not None else (0.0, 0.0))
         for cell, (encoder, names) in enumerate(encoders.items()):
             meta = {COMPARE_KEY: "cell", "cell": cell, "encoder": encoder}
-            cell_layers = [
-                viewer.add_image(vol_data, **{**vol_kwargs, "name": f"[{encoder}] volume",
-                                              "metadata": {**vol_kwargs["metadata"], **meta}}),
-                _prediction_layer(viewer, comparison, names[0], f"[{encoder}] prediction"),
-                viewer.add_labels(lab_data, **{**lab_kwargs, "name": f"[{encoder}] ink labels",
-                                               "metadata": {**lab_kwargs["metadata"], **meta}}),
-                viewer.add_points([[y0, x0]], name=f"[{encoder}] title", size=1, face_color="transparent",
-                                  border_color="transparent", metadata=meta,
-                                  text={"string": [_title(encoder, comparison)], "color": "white", "size": 14,
-                                        "anchor": "upper_left", "translation": [4, 4]}),
-            ]
-            cell_layers[1].metadata["cell"] = cell
-            outline_labels(cell_layers[2])
-            made.extend(cell_layers)
+            made.append(viewer.add_image(vol_data, **{**vol_kwargs, "name": f"[{encoder}] volume",
+                                                      "metadata": {**vol_kwargs["metadata"], **meta}}))
+            yield made
+            prediction_layer = _prediction_layer(viewer, comparison, names[0], f"[{encoder}] prediction")
+            prediction_layer.metadata["cell"] = cell
+            made.append(prediction_layer)
+            yield made
+            labels = viewer.add_labels(lab_data, **{**lab_kwargs, "name": f"[{encoder}] ink labels",
+                                                    "metadata": {**lab_kwargs["metadata"], **meta}})
+            outline_labels(labels)
+            made.append(labels)
+            yield made
+            made.append(viewer.add_points([[y0, x0]], name=f"[{encoder}] title", size=1, face_color="transparent",
+                                          border_color="transparent", metadata=meta,
+                                          text={"string": [_title(encoder, comparison)], "color": "white",
+                                                "size": 14, "anchor": "upper_left", "translation": [4, 4]}))
+            yield made
         # the cells' layers first, CELL_LAYERS per cell in order; everything else hidden behind them
         for index, layer in enumerate(made):
             viewer.layers.move(viewer.layers.index(layer), index)
@@ -194,10 +221,12 @@ def show_comparison(viewer: Any, prediction: str | Path | Any, segment: Any, reg
         grid.shape = (int(np.ceil(n / cols)), cols)
         grid.spacing = 4
         grid.enabled = True
+        yield made
         _zoom_to_region(viewer, comparison)
     if panel and getattr(viewer, "window", None) is not None:
+        yield made
         comparison_panel(viewer).set_comparison(comparison, mode, made)
-    return made
+    yield made
 
 
 def show_difference(viewer: Any, comparison: Comparison, a: str, b: str):
@@ -324,11 +353,12 @@ class ComparisonPanel(QWidget):
                               "ROC AUC; mean ± sd over probe seeds; baselines in italics")
         layout.addWidget(self.table)
 
-        from matplotlib.backends.backend_qtagg import FigureCanvasQTAgg
         from matplotlib.figure import Figure
 
+        from napari_vesuvius_pt.ui.background_canvas import BackgroundCanvas
+
         self.figure = Figure(figsize=(4, 2.2), tight_layout=True)
-        self.canvas = FigureCanvasQTAgg(self.figure)
+        self.canvas = BackgroundCanvas(self.figure)
         self.canvas.setMinimumHeight(170)
         self.roc_ax, self.pr_ax = self.figure.subplots(1, 2)
         layout.addWidget(self.canvas)
@@ -399,7 +429,11 @@ class ComparisonPanel(QWidget):
         self.table.setFixedHeight(header + sum(self.table.rowHeight(i) for i in range(len(rows))) + 6)
 
     def plot_curves(self) -> None:
-        c = self.comparison
+        """ROC and PR curves per encoder, computed and drawn off the GUI thread (``canvas.wait_drawn()``)."""
+        comparison = self.comparison
+        self.canvas.change(lambda _figure: self._draw_curves(comparison))
+
+    def _draw_curves(self, c: Comparison) -> None:
         self.roc_ax.clear()
         self.pr_ax.clear()
         for encoder, names in c.encoders.items():
@@ -416,7 +450,6 @@ class ComparisonPanel(QWidget):
             ax.yaxis.label.set_fontsize(8)
             ax.tick_params(labelsize=7)
         self.pr_ax.legend(fontsize=7, loc="upper right")
-        self.canvas.draw_idle()
 
     # ---------------------------------------------------------------- controls
 

@@ -78,6 +78,8 @@ class EmbeddingWidget(JobWidget):
         self.result: FeaturesReady | None = None
         self.layers_made: dict[str, tuple[Any, Any]] = {}
         self.marker = None
+        self.shown = False  # the result's layers are all in the viewer
+        self._cancel_layers: Callable[[], None] | None = None
         self.viewer.mouse_drag_callbacks.append(self._on_click)
         self.viewer.layers.events.inserted.connect(self._refresh_regions)
         self.viewer.layers.events.removed.connect(self._refresh_regions)
@@ -170,11 +172,27 @@ class EmbeddingWidget(JobWidget):
             done = sum(self._done.values())
             self.progress.show_run(done, max(self._total, done), f"{event.tiles_per_s:.1f} tiles/s")
         elif isinstance(event, FeaturesReady):
-            self.show_result(event)
+            self.show_result(event, in_turns=True)
 
     # ---------------------------------------------------------------- layers
 
-    def show_result(self, result: FeaturesReady) -> None:
+    def show_result(self, result: FeaturesReady, in_turns: bool = False) -> None:
+        """The encoders' feature and similarity layers; ``in_turns``: one layer per turn of the event loop
+        (``ui.in_turns``), as at the end of a job, so the viewer keeps responding; ``shown`` is set then."""
+        from napari_vesuvius_pt.ui.in_turns import run_in_turns, run_now
+        from napari_vesuvius_pt.ui.notify import notify_error
+
+        if self._cancel_layers is not None:
+            self._cancel_layers()
+            self._cancel_layers = None
+        self.shown = False
+        if in_turns:
+            self._cancel_layers = run_in_turns(self._result_steps(result),
+                                               failed=lambda exc: notify_error(exc, "Embedding explorer"))
+        else:
+            run_now(self._result_steps(result))
+
+    def _result_steps(self, result: FeaturesReady) -> Iterator[None]:
         self.result = result
         for layer in [la for la in self.viewer.layers if (la.metadata or {}).get(EXPLORER_KEY)]:
             self.viewer.layers.remove(layer)
@@ -184,11 +202,15 @@ class EmbeddingWidget(JobWidget):
             place = {"scale": fmap.scale, "translate": fmap.translate}
             rgb = self.viewer.add_image(result.rgb[name], rgb=True, name=f"features: {name}", visible=i == 0,
                                         metadata={EXPLORER_KEY: "rgb", "encoder": name}, **place)
+            yield None
             centre = (fmap.features.shape[1] // 2, fmap.features.shape[2] // 2)
             sim = self.viewer.add_image(cosine_similarity(fmap.features, centre), name=f"similarity: {name}",
                                         colormap="coolwarm", contrast_limits=(-1.0, 1.0), opacity=0.0,
                                         visible=i == 0, metadata={EXPLORER_KEY: "similarity", "encoder": name}, **place)
             self.layers_made[name] = (rgb, sim)
+            yield None
+        self._cancel_layers = None
+        self.shown = True
         self.show_box.blockSignals(True)
         self.show_box.clear()
         self.show_box.addItems(list(result.maps))
@@ -231,11 +253,14 @@ class EmbeddingWidget(JobWidget):
         return out
 
     def _on_click(self, viewer, event) -> None:
-        if self.result is None or not self.probe.isChecked() or self._closing:
+        if self.result is None or not self.shown or not self.probe.isChecked() or self._closing:
             return
         self.probe_at(tuple(float(v) for v in event.position[-2:]))
 
     def shutdown(self, wait: float | None = None) -> None:
+        if self._cancel_layers is not None:
+            self._cancel_layers()
+            self._cancel_layers = None
         try:
             self.viewer.mouse_drag_callbacks.remove(self._on_click)
         except ValueError:

@@ -1,19 +1,22 @@
 """Matplotlib canvases for the dock widgets: live training curves and the CKA heatmap pair.
 
 Redraws are throttled: points are appended as events arrive (many per second on a GPU), and the canvas
-is drawn at most every ``min_interval_ms`` by a single-shot timer.
+is drawn at most every ``min_interval_ms`` by a single-shot timer. The figures are laid out and rendered
+off the GUI thread (``ui.background_canvas``): the GUI thread only records points and paints images.
 """
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
-from matplotlib.backends.backend_qtagg import FigureCanvasQTAgg
 from matplotlib.figure import Figure
 from qtpy.QtCore import QTimer
 from qtpy.QtWidgets import QSizePolicy, QVBoxLayout, QWidget
+
+from napari_vesuvius_pt.ui.background_canvas import BackgroundCanvas
 
 # napari's dark theme, so the plots do not glare out of the dock
 BACKGROUND = "#262930"
@@ -61,7 +64,7 @@ class LivePlot(QWidget):
         self._panels = list(panels)
         self.figure = Figure(figsize=(3.6, height_per_panel * len(self._panels)), facecolor=BACKGROUND,
                              layout="constrained")
-        self.canvas = FigureCanvasQTAgg(self.figure)
+        self.canvas = BackgroundCanvas(self.figure)
         self.canvas.setSizePolicy(QSizePolicy.Policy.Expanding, QSizePolicy.Policy.Expanding)
         self.canvas.setMinimumHeight(int(95 * height_per_panel * len(self._panels)))
         layout = QVBoxLayout(self)
@@ -69,6 +72,7 @@ class LivePlot(QWidget):
         layout.addWidget(self.canvas)
 
         self._data: dict[str, tuple[list[float], list[float]]] = {}
+        self._data_lock = threading.Lock()  # points are appended here while the render thread copies them
         self._lines = {}
         self._axes_of = {}
         self._all_axes = []
@@ -128,33 +132,44 @@ class LivePlot(QWidget):
         if not np.isfinite(y):
             return
         xs, ys = self._data[series]
-        xs.append(float(x))
-        ys.append(float(y))
+        with self._data_lock:
+            xs.append(float(x))
+            ys.append(float(y))
         if not self._timer.isActive():
             self._timer.start()
 
     def points(self, series: str) -> list[tuple[float, float]]:
         xs, ys = self._data[series]
-        return list(zip(xs, ys))
+        with self._data_lock:
+            return list(zip(xs, ys))
 
     def drawn_points(self, series: str) -> list[tuple[float, float]]:
-        """The points of ``series`` as drawn: on its line and inside its axes' view (after a redraw)."""
-        line = self._lines[series]
-        ax = self._axes_of[series]
-        (x0, x1), (y0, y1) = sorted(ax.get_xlim()), sorted(ax.get_ylim())
-        return [(float(x), float(y)) for x, y in zip(line.get_xdata(), line.get_ydata())
-                if x0 <= x <= x1 and y0 <= y <= y1]
+        """The points of ``series`` as drawn: on its line and inside its axes' view, once the pending
+        redraws are rendered."""
+        self.canvas.wait_drawn()
+        with self.canvas.lock:
+            line = self._lines[series]
+            ax = self._axes_of[series]
+            (x0, x1), (y0, y1) = sorted(ax.get_xlim()), sorted(ax.get_ylim())
+            return [(float(x), float(y)) for x, y in zip(line.get_xdata(), line.get_ydata())
+                    if x0 <= x <= x1 and y0 <= y <= y1]
 
     def clear(self) -> None:
-        for xs, ys in self._data.values():
-            xs.clear()
-            ys.clear()
+        with self._data_lock:
+            for xs, ys in self._data.values():
+                xs.clear()
+                ys.clear()
         self.redraw_now()
 
     def redraw_now(self) -> None:
+        """Queue a redraw with the points so far (rendered off the GUI thread)."""
+        with self._data_lock:
+            snapshot = {name: (list(xs), list(ys)) for name, (xs, ys) in self._data.items()}
+        self.canvas.change(lambda _figure: self._apply(snapshot))
+
+    def _apply(self, snapshot: dict[str, tuple[list[float], list[float]]]) -> None:
         for name, line in self._lines.items():
-            xs, ys = self._data[name]
-            line.set_data(xs, ys)
+            line.set_data(*snapshot[name])
         for ax in self._all_axes:
             has_data = any(len(line.get_xdata()) for line in ax.get_lines())
             if has_data:
@@ -168,7 +183,6 @@ class LivePlot(QWidget):
                 ax.tick_params(labelbottom=has_data, labelleft=has_data)
             else:
                 ax.tick_params(labelright=has_data)
-        self.canvas.draw_idle()
 
 
 class HeatmapPair(QWidget):
@@ -177,7 +191,7 @@ class HeatmapPair(QWidget):
     def __init__(self, parent: QWidget | None = None) -> None:
         super().__init__(parent)
         self.figure = Figure(figsize=(6.0, 3.6), facecolor=BACKGROUND, layout="constrained")
-        self.canvas = FigureCanvasQTAgg(self.figure)
+        self.canvas = BackgroundCanvas(self.figure)
         self.canvas.setMinimumHeight(360)
         layout = QVBoxLayout(self)
         layout.setContentsMargins(0, 0, 0, 0)
@@ -189,18 +203,23 @@ class HeatmapPair(QWidget):
         self.show_matrices([], self.linear, self.rbf)
 
     def show_matrices(self, names: Sequence[str], linear: np.ndarray, rbf: np.ndarray, title: str | None = None) -> None:
-        from napari_vesuvius_pt.analysis.cka_plot import draw_cka
-
+        """Show the matrices; the figure is drawn off the GUI thread (``canvas.wait_drawn()`` waits)."""
         self.names = [str(n) for n in names]
         self.linear = np.asarray(linear, dtype=float).reshape(len(self.names), len(self.names))
         self.rbf = np.asarray(rbf, dtype=float).reshape(len(self.names), len(self.names))
         self.title = title
-        if self.names:
-            draw_cka(self.figure, self.names, self.linear, self.rbf, title=title, dark=True)
-            self._fit_cell_text()
+        names, lin, rbf_ = list(self.names), self.linear.copy(), self.rbf.copy()
+        self.canvas.change(lambda figure: self._draw(figure, names, lin, rbf_, title))
+
+    def _draw(self, figure: Figure, names: list[str], linear: np.ndarray, rbf: np.ndarray, title: str | None) -> None:
+        from napari_vesuvius_pt.analysis.cka_plot import draw_cka
+
+        if names:
+            draw_cka(figure, names, linear, rbf, title=title, dark=True)
+            self._fit_cell_text(figure, len(names))
         else:
-            self.figure.clear()
-            for ax, kind in zip(self.figure.subplots(1, 2), ("linear CKA", "RBF CKA")):
+            figure.clear()
+            for ax, kind in zip(figure.subplots(1, 2), ("linear CKA", "RBF CKA")):
                 ax.set_facecolor(BACKGROUND)
                 ax.set_title(kind, fontsize=10, color=FOREGROUND)
                 ax.set_xticks([])
@@ -209,16 +228,15 @@ class HeatmapPair(QWidget):
                     spine.set_color(GRID)
                 ax.text(0.5, 0.5, "no matrix yet:\npress Compute", ha="center", va="center", fontsize=8,
                         color=FOREGROUND, transform=ax.transAxes)
-        self.canvas.draw_idle()
 
-    def _fit_cell_text(self) -> None:
+    @staticmethod
+    def _fit_cell_text(figure: Figure, k: int) -> None:
         """draw_cka sizes the cell numbers for its PNG; in a dock the cells are smaller: shrink the numbers
         to fit their cells (and drop them where even 5 pt would not fit)."""
-        self.canvas.draw()  # lays the figure out, so the heatmaps' sizes are known
-        k = len(self.names)
-        for ax in self.figure.axes[:2]:
+        figure.draw_without_rendering()  # lays the figure out, so the heatmaps' sizes are known
+        for ax in figure.axes[:2]:
             cell_px = ax.get_window_extent().width / max(k, 1)
-            size_pt = cell_px * 72.0 / self.figure.dpi / 2.6  # "0.93" is about 2.6 em wide
+            size_pt = cell_px * 72.0 / figure.dpi / 2.6  # "0.93" is about 2.6 em wide
             for text in ax.texts:
                 if size_pt < 5.0:
                     text.set_visible(False)

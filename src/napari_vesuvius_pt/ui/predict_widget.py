@@ -111,6 +111,8 @@ class PredictWidget(JobWidget):
         self.prediction_layers: dict[str, Any] = {}
         self.labels_layer = None
         self.comparison = None  # engine.comparison.Comparison of the last finished run
+        self.comparison_layers: list | None = None  # the comparison view's layers, once laid out
+        self._cancel_layout = None  # stops a comparison layout still in progress
         self._last_refresh = 0.0
         self.region.currentIndexChanged.connect(self._show_region_file)
         self.segment.changed.connect(self._suggest_out)
@@ -176,13 +178,25 @@ class PredictWidget(JobWidget):
         else:
             self.grid().enabled = bool(on)
 
-    def show_comparison(self) -> list:
-        """Lay the scored predictions out with ``ui.compare.show_comparison`` (overlay or side by side)."""
-        from napari_vesuvius_pt.ui.compare import show_comparison
+    def show_comparison(self) -> None:
+        """Lay the scored predictions out with ``ui.compare`` (overlay or side by side), one layer per turn
+        of the event loop so the viewer keeps responding; ``comparison_layers`` holds the layers when done."""
+        from napari_vesuvius_pt.ui.compare import show_comparison_in_turns
+        from napari_vesuvius_pt.ui.notify import notify_error
 
+        if self._cancel_layout is not None:
+            self._cancel_layout()
+        self.comparison_layers = None
         mode = "side_by_side" if self.side_by_side.isChecked() else "overlay"
-        return show_comparison(self.viewer, self.config.out, self.config.segment, region=self.config.region,
-                               mode=mode, comparison=self.comparison)
+
+        def done(layers: list) -> None:
+            self.comparison_layers = layers
+            self._cancel_layout = None
+
+        self._cancel_layout = show_comparison_in_turns(
+            self.viewer, self.config.out, self.config.segment, region=self.config.region, mode=mode,
+            comparison=self.comparison, done=done,
+            failed=lambda exc: notify_error(exc, "Predict & compare: comparison view"))
 
     def _region_polygons(self) -> list[np.ndarray] | None:
         source = self.region.currentData() or WHOLE
@@ -295,7 +309,11 @@ class PredictWidget(JobWidget):
             Path(config.region).parent.mkdir(parents=True, exist_ok=True)
             save_regions(config.region, polygons)
         self.table.setRowCount(0)
+        if self._cancel_layout is not None:
+            self._cancel_layout()
+            self._cancel_layout = None
         self.comparison = None
+        self.comparison_layers = None
         self.prediction_layers = {}  # re-opened from this job's store at its first tiles
         self._run_total = 0
         self._names_done: dict[str, int] = {}
@@ -383,6 +401,9 @@ class PredictWidget(JobWidget):
         return out
 
     def shutdown(self, wait: float | None = None) -> None:
+        if self._cancel_layout is not None:
+            self._cancel_layout()
+            self._cancel_layout = None
         for emitter in (self.viewer.layers.events.inserted, self.viewer.layers.events.removed):
             try:
                 emitter.disconnect(self._refresh_regions)
