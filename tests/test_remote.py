@@ -292,7 +292,6 @@ def test_interrupted_download_resumes_without_corrupt_chunks(served, http, cache
 @pytest.fixture
 def s3(served, monkeypatch):
     """A loopback s3 endpoint with a public-read bucket ``scrolls`` holding ``seg/frag.zarr`` and a private one."""
-    pytest.importorskip("moto.server")
     import boto3
     from moto.server import ThreadedMotoServer
 
