@@ -236,3 +236,36 @@ def test_only_ink_tiles_and_skip_empty_eval_choose_tiles_with_ink(fragment_dir, 
     assert len(train[0].grid) == sum(with_ink(train_all[0])) < len(train_all[0].grid)
     assert len(val.grid) == sum(with_ink(val_all)) < len(val_all.grid)
     assert info["train_tiles"] == len(train[0].grid) and info["val_tiles"] == len(val.grid)
+
+
+def test_validation_regions_on_the_second_fragment_split_that_fragment(tmp_path, fragment_dir, fragment2_dir):
+    """A region file saved with a fragment's name validates on that fragment, whichever place it has in
+    the list; the run keeps the name with its copy; a name that is no training fragment is refused."""
+    from napari_vesuvius_pt.data.tiles import region_fragment, save_regions
+    from napari_vesuvius_pt.engine.finetuning import prepare_data
+
+    name2 = open_segment(fragment2_dir).name
+    band = [np.array([[0, 100], [0, 192], [192, 192], [192, 100]], dtype=float)]
+    region = save_regions(tmp_path / "band.json", band, fragment=name2)
+    cfg = tiny_config([fragment_dir, fragment2_dir], tmp_path / "run", val_region=str(region))
+    (untouched, split), val, info = prepare_data(cfg, tmp_path)
+    full = [TileGrid.from_mask(open_segment(p).mask, 32, 16, 0.5) for p in (fragment_dir, fragment2_dir)]
+    assert val.name == name2 and info["region_fragment"] == name2
+    assert len(untouched.grid) == len(full[0])  # the first fragment trains whole
+    train_idx, val_idx = split_by_regions(full[1], band, 32)
+    assert len(split.grid) == len(train_idx) and len(val.grid) == len(val_idx)
+    assert region_fragment(tmp_path / "val_region.json")[0] == name2  # the run's copy says where it was drawn
+
+    # an old file without a fragment name, and a napari CSV: the first fragment, as before
+    plain = tmp_path / "plain.json"
+    plain.write_text(json.dumps({"polygons": [b.tolist() for b in band]}))
+    _, val, info = prepare_data(dataclasses.replace(cfg, val_region=str(plain)), None)
+    assert val.name == open_segment(fragment_dir).name
+
+    elsewhere = save_regions(tmp_path / "elsewhere.json", band, fragment="fragment-9")
+    with pytest.raises(ConfigError, match="'fragment-9', which is not a training fragment"):
+        prepare_data(dataclasses.replace(cfg, val_region=str(elsewhere)), None)
+    from napari_vesuvius_pt.cli import main
+
+    assert main(["finetune", "--fragments", str(fragment_dir), str(fragment2_dir), "--val-region", str(elsewhere),
+                 "--out", str(tmp_path / "cli"), "--quiet"]) == 2

@@ -129,3 +129,44 @@ def test_a_validation_fragment_from_the_segments_widget_is_offered(make_napari_v
     assert widget.fragments.paths() == [str(fragment_dir)]
     assert widget.val_fragment.text() == str(fragment2_dir)
     assert widget.validation.currentData() == "fragment"
+
+
+def test_regions_drawn_on_the_second_fragment_validate_there(make_napari_viewer, qtbot, fragment_dir, fragment2_dir,
+                                                             tmp_path):
+    """'regions on' picks the training fragment the regions lie on: the Shapes layer sits over it, that
+    fragment is shown alone, the saved regions name it, and the preview lands on it."""
+    viewer = make_napari_viewer()
+    layers = {}
+    for path in (fragment_dir, fragment2_dir):
+        segment = open_segment(path)
+        layers[path] = viewer.add_image(np.asarray(segment.volume[:, ::2, ::2]), name=f"{segment.name} volume",
+                                        scale=(1, 2, 2), metadata={"kind": "volume", "path": str(path)})
+        registry_for(viewer).add(LoadedSegment(
+            path=path, name=segment.name, role=TRAIN, shape=segment.shape, dtype=str(segment.volume.dtype),
+            z_range=(0, segment.shape[0]), has_mask=True, has_inklabels=True, layer_names=(layers[path].name,)))
+    _, widget = viewer.window.add_plugin_dock_widget("napari-vesuvius-pt", "Fine-tune")
+    assert widget.fragments.paths() == [str(fragment_dir), str(fragment2_dir)]
+    assert [widget.region_on.itemData(i) for i in range(widget.region_on.count())] == widget.fragments.paths()
+    assert widget.region_fragment() == str(fragment_dir)  # the first, until the user picks another
+    tiny(widget, fragment_dir, tmp_path / "run", epochs=1, steps=1)
+
+    widget.region_on.setCurrentIndex(widget.region_on.findData(str(fragment2_dir)))
+    assert layers[fragment2_dir].visible and not layers[fragment_dir].visible  # the chosen fragment, alone
+    widget.draw_button.click()
+    shapes = viewer.layers[REGIONS_LAYER]
+    assert shapes.metadata["segment_path"] == str(fragment2_dir)
+    h, w = open_segment(fragment2_dir).shape[1:]
+    shapes.add_rectangles(np.array([[int(0.7 * h) // 2, 0], [h // 2, w // 2]]))
+    assert widget.start()
+    wait_done(qtbot, widget)
+    assert widget.runner.last_outcome.status == "finished", widget.status.text()
+    saved = json.loads((tmp_path / "run" / "val_region.json").read_text())
+    assert saved["fragment"] == open_segment(fragment2_dir).name and saved["fragment_path"] == str(fragment2_dir)
+    assert viewer.layers[PREVIEW_LAYER].metadata["segment_path"] == str(fragment2_dir)
+
+    # unticking the second fragment moves the regions back to the first ticked one
+    item = widget.fragments._find(str(fragment2_dir))
+    from qtpy.QtCore import Qt
+
+    item.setCheckState(Qt.CheckState.Unchecked)
+    assert widget.region_fragment() == str(fragment_dir) and shapes.metadata["segment_path"] == str(fragment_dir)

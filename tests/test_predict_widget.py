@@ -127,3 +127,31 @@ def test_a_stopped_prediction_keeps_its_layers_and_resumes(make_napari_viewer, q
     assert widget.runner.last_outcome.status == "finished"
     assert open_prediction(out).done_rows("encoder-a") == open_prediction(out).array("encoder-a").shape[0]
     assert widget.table.rowCount() == 1
+
+
+def test_tta_and_remote_cache_reach_the_config_and_the_cli_line(make_napari_viewer, fragment_dir, checkpoints,
+                                                                tmp_path, monkeypatch):
+    """The TTA box turns on predict --tta; a remote segment's CLI line carries the cache the Segments widget
+    set; storage and tiling sit in the collapsed advanced section."""
+    from napari_vesuvius_pt.config import PredictConfig
+    from napari_vesuvius_pt.data.remote import CACHE_ENV, CACHE_SIZE_ENV
+
+    viewer = make_napari_viewer()
+    _, widget = viewer.window.add_plugin_dock_widget("napari-vesuvius-pt", "Predict & compare")
+    assert not widget.tta.isChecked()  # off by default: 8x the compute
+    assert not widget.advanced.isExpanded() and widget.advanced.isVisibleTo(widget)
+    assert widget.advanced_form.labelForField(widget.dtype) is not None  # storage is an advanced setting
+    widget.segment.set_text(str(fragment_dir))
+    widget.checkpoints.add(checkpoints[0])
+    widget.out.set_text(str(tmp_path / "pred.zarr"))
+    widget.tta.setChecked(True)
+    config = widget.build_config()
+    assert config.tta and "--tta" in widget.cli_command(config)
+    assert "--cache" not in widget.cli_command(config)  # a local segment needs no cache
+
+    monkeypatch.setenv(CACHE_ENV, str(tmp_path / "cache"))
+    monkeypatch.setenv(CACHE_SIZE_ENV, "2G")
+    remote = PredictConfig(checkpoints=[str(checkpoints[0])], segment="https://example.org/seg.zarr",
+                           out=str(tmp_path / "r.zarr"))
+    line = widget.cli_command(remote)
+    assert f"--cache {tmp_path / 'cache'}" in line and "--cache-size 2G" in line and "--tta" not in line

@@ -66,14 +66,15 @@ def test_load_segments_with_options_and_roles(make_napari_viewer, qtbot, fragmen
 
     choose(qtbot, widget, fragment_dir)
     # a new path reads all its layers, and a labeled fragment is offered as a training fragment
-    assert (widget.z_start.value(), widget.z_stop.value(), widget.z_stop.maximum()) == (0, 20, 20)
+    assert widget.z_range() == (0, 20) and widget.z_window.maximum() == 20  # the range slider spans the layers
     assert widget.role.currentData() == TRAIN
     assert "mask" in widget.info.text() and "· ink labels" in widget.info.text()
     pixmap = widget.preview_image.pixmap()
     assert pixmap is not None and not pixmap.isNull() and max(pixmap.width(), pixmap.height()) == 260
 
-    widget.z_start.setValue(4)
-    widget.z_stop.setValue(16)
+    widget.z_window.setValue((4, 4))  # handles that meet keep one layer between them
+    assert widget.z_range() == (4, 5)
+    widget.z_window.setValue((4, 16))
     widget.downsample.setValue(2)
     widget.normalization.setCurrentIndex(widget.normalization.findData("minmax"))
     qtbot.waitUntil(lambda: widget.preview_is_current, timeout=WAIT_MS)

@@ -193,7 +193,7 @@ class PretrainConfig(TrainingConfig):
 class FinetuneConfig(TrainingConfig):
     fragments: list[str] = field(default_factory=list)  # training fragments (with ink labels)
     val_fragment: str | None = None  # a whole fragment for validation, or
-    val_region: str | None = None  # a JSON/CSV of polygons on the first training fragment, or
+    val_region: str | None = None  # a JSON/CSV of polygons on the training fragment it names (else the first), or
     val_mask: bool = False  # the first training fragment's own validation mask (villa's <id>_validation_mask)
     supervision_masks: bool = True  # only the fragments' supervision masks count in loss and metrics (when they have one)
     ignore_masks: bool = True  # the fragments' ignore masks leave the loss and metrics (when they have one)
@@ -437,7 +437,7 @@ class CompareConfig:
     fragments: list[str] = field(default_factory=list)  # labeled fragments (with a protocol: 1, 2, 3, 4 in order)
     protocol: Protocol | None = None  # a named split of ``fragments``; else val_fragment or val_region
     val_fragment: str | None = None
-    val_region: str | None = None  # polygons on the first fragment
+    val_region: str | None = None  # polygons on the fragment the file names (else the first)
     seeds: int = 3  # probe seeds per encoder (paired across encoders: seed k starts every head alike)
     first_seed: int = 0
     unfrozen_seeds: int | None = None  # seeds of the unfrozen fine-tunes; None: ``seeds``

@@ -21,7 +21,7 @@ def register(subparsers) -> None:
     p.add_argument("--fragments", nargs="+", required=True, metavar="PATH",
                    help="labeled training fragments (with --protocol: the Kaggle fragments 1 2 3 4 in order)")
     val = p.add_mutually_exclusive_group(required=True)
-    val.add_argument("--val-region", metavar="FILE", help="validation polygons on the first fragment")
+    val.add_argument("--val-region", metavar="FILE", help="validation polygons on the fragment the file names (else the first)")
     val.add_argument("--val-fragment", metavar="PATH", help="a whole labeled fragment for validation")
     val.add_argument("--protocol", choices=PROTOCOLS, help="the seed's splits of the Kaggle fragments 1-4")
     p.add_argument("--method", choices=BASELINE_METHODS, default="lda",

@@ -3,8 +3,8 @@ scored; mean ± sd per encoder, paired differences with 95% intervals, the basel
 
 Encoders are ``SOURCE`` or ``NAME=SOURCE`` (random, random:resnet50, k700:FILE, a pretraining run
 folder, a checkpoint). The split is a named protocol over the Kaggle fragments 1-4 in order
-(``--protocol fragment2-lower30 --fragments F1 F2 F3 F4``), or ``--val-region`` polygons on the first
-fragment, or a whole ``--val-fragment``. ``--config`` takes a sectioned file (``resources/configs/
+(``--protocol fragment2-lower30 --fragments F1 F2 F3 F4``), or ``--val-region`` polygons on a training
+fragment (the one the file names, else the first), or a whole ``--val-fragment``. ``--config`` takes a sectioned file (``resources/configs/
 laptop.yaml``: the probe from its ``finetune:`` section, the edge from ``predict:``, the comparison
 from ``compare:`` when it has one), a fine-tuning run's ``config.yaml`` (the probe) or a comparison's
 ``compare.yaml``; flags override it. Writes OUT/compare.json and OUT/compare.md.
@@ -41,7 +41,7 @@ def register(subparsers) -> None:
     p.add_argument("--fragments", nargs="+", metavar="PATH", help="labeled fragments (with --protocol: 1 2 3 4 in order)")
     val = p.add_mutually_exclusive_group()
     val.add_argument("--protocol", choices=PROTOCOLS, help="the seed's splits of the Kaggle fragments 1-4")
-    val.add_argument("--val-region", metavar="FILE", help="validation polygons on the first fragment")
+    val.add_argument("--val-region", metavar="FILE", help="validation polygons on the fragment the file names (else the first)")
     val.add_argument("--val-fragment", metavar="PATH", help="a whole labeled fragment for validation")
     p.add_argument("--seeds", type=int, metavar="K", help="probe seeds per encoder (default 3)")
     p.add_argument("--first-seed", type=int, metavar="N", help="seeds are N, N+1, ... (default 0)")

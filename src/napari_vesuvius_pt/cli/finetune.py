@@ -1,9 +1,9 @@
 """``vesuvius-pt finetune``: ink detection on labeled fragments, from a random, Kinetics-700 or VICReg
 encoder, frozen or trained.
 
-Validation is a whole fragment (``--val-fragment``) or polygons on the first training fragment
-(``--val-region``: JSON ``{"polygons": [[[y, x], ...], ...]}`` in full-resolution pixels, or the CSV a
-napari Shapes layer saves) or the first fragment's own validation mask (``--val-mask``, villa's
+Validation is a whole fragment (``--val-fragment``) or polygons on a training fragment
+(``--val-region``: JSON ``{"fragment": NAME, "polygons": [[[y, x], ...], ...]}`` in full-resolution
+pixels, on the fragment it names or else the first, or the CSV a napari Shapes layer saves) or the first fragment's own validation mask (``--val-mask``, villa's
 ``<id>_validation_mask``). Supervision and ignore masks found beside a fragment are honoured in the loss
 and the scores unless ``--no-supervision-masks`` / ``--no-ignore-masks``. Flags override the ``--config`` YAML; the run folder's ``config.yaml``
 reproduces the run.
@@ -28,7 +28,8 @@ def register(subparsers) -> None:
     val = p.add_mutually_exclusive_group()
     val.add_argument("--val-fragment", metavar="PATH", help="a whole labeled fragment for validation")
     val.add_argument("--val-region", metavar="FILE",
-                     help="validation polygons (JSON or napari Shapes CSV) on the first training fragment")
+                     help="validation polygons (JSON or napari Shapes CSV) on the training fragment the JSON names "
+                          "(\"fragment\": NAME), else the first")
     val.add_argument("--val-mask", action="store_true", default=None,
                      help="validate on the first training fragment's own validation mask (<id>_validation_mask)")
     p.add_argument("--no-supervision-masks", dest="supervision_masks", action="store_false", default=None,

@@ -14,13 +14,13 @@ import csv
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Sequence
 
 import numpy as np
 
 from napari_vesuvius_pt.errors import ConfigError
 
-__all__ = ["TileGrid", "load_regions", "save_regions", "split_by_regions", "rasterize_polygons", "window_sums"]
+__all__ = ["TileGrid", "load_regions", "save_regions", "region_fragment", "region_owner", "split_by_regions", "rasterize_polygons", "window_sums"]
 
 
 def window_sums(image: np.ndarray, ys: np.ndarray, xs: np.ndarray, size: int) -> np.ndarray:
@@ -208,13 +208,67 @@ def load_regions(path: str | Path) -> list[np.ndarray]:
     return polygons
 
 
-def save_regions(path: str | Path, polygons: Sequence[np.ndarray]) -> Path:
-    """Write polygons as JSON ``{"polygons": [[[y, x], ...], ...]}`` (atomically)."""
+def save_regions(path: str | Path, polygons: Sequence[np.ndarray], fragment: str | None = None,
+                 fragment_path: str | Path | None = None) -> Path:
+    """Write polygons as JSON ``{"fragment": NAME, "fragment_path": PATH, "polygons": [[[y, x], ...], ...]}``
+    (atomically); the fragment keys, when given, name the fragment the polygons were drawn on."""
     from napari_vesuvius_pt._atomic import atomic_write_text
 
-    data = {"polygons": [[[float(v) for v in vertex[-2:]] for vertex in np.asarray(p)] for p in polygons]}
+    data: dict = {}
+    if fragment:
+        data["fragment"] = str(fragment)
+    if fragment_path:
+        data["fragment_path"] = str(fragment_path)
+    data["polygons"] = [[[float(v) for v in vertex[-2:]] for vertex in np.asarray(p)] for p in polygons]
     atomic_write_text(path, json.dumps(data, indent=1) + "\n")
     return Path(path)
+
+
+def region_fragment(path: str | Path) -> tuple[str | None, str | None]:
+    """(name, path) of the fragment a region file says its polygons were drawn on; (None, None) when it
+    does not say (a napari Shapes CSV, or a file from before fragments were recorded)."""
+    path = Path(path)
+    if path.suffix.lower() == ".csv" or not path.is_file():
+        return None, None
+    try:
+        data = json.loads(path.read_text())
+    except json.JSONDecodeError:
+        return None, None  # load_regions reports it
+    if not isinstance(data, dict):
+        return None, None
+    name, where = data.get("fragment"), data.get("fragment_path")
+    return (str(name) if name else None), (str(where) if where else None)
+
+
+def _same_file(a: str | Path, b: str | Path) -> bool:
+    if "://" in str(a) or "://" in str(b):
+        return str(a).rstrip("/") == str(b).rstrip("/")
+    try:
+        return Path(a).resolve() == Path(b).resolve()
+    except OSError:
+        return False
+
+
+def region_owner(fragments: Sequence[Any], region_file: str | Path) -> int:
+    """Index among ``fragments`` (segments or tile sources: ``.name`` and ``.path``) of the one a validation
+    region file was drawn on: the one it names (by path, else by name); the first when it names none
+    (napari CSVs, files from before 0.2). ConfigError when the named fragment is not among them."""
+    name, where = region_fragment(region_file)
+    if name is None and where is None:
+        return 0
+    if where is not None:
+        for i, s in enumerate(fragments):
+            if _same_file(s.path, where):
+                return i
+    matches = [i for i, s in enumerate(fragments) if name is not None and name in (s.name, Path(str(s.path)).name)]
+    if len(matches) == 1:
+        return matches[0]
+    known = ", ".join(s.name for s in fragments)
+    if matches:
+        raise ConfigError(f"{region_file} was drawn on {name!r}, and {len(matches)} training fragments have that "
+                          f"name ({known}); give the fragments distinct names or save the regions again")
+    raise ConfigError(f"{region_file} was drawn on {name or where!r}, which is not a training fragment "
+                      f"({known}); add it to the fragments or draw the regions on one of them")
 
 
 def rasterize_polygons(polygons: Sequence[np.ndarray], shape: tuple[int, int]) -> np.ndarray:

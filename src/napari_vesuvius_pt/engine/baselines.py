@@ -33,6 +33,7 @@ from napari_vesuvius_pt.analysis.baseline import (
 from napari_vesuvius_pt.analysis.metrics import BinaryMetrics
 from napari_vesuvius_pt.config import DataConfig
 from napari_vesuvius_pt.errors import AnalysisInputError, ConfigError, SegmentError
+from napari_vesuvius_pt.data.tiles import region_owner
 
 DEFAULT_DATA = DataConfig(normalization="zscore")
 
@@ -81,7 +82,7 @@ def linear_baseline(fragments: Sequence[str | Path], val_fragment: str | Path | 
                     skip_empty: bool = False, tile: int = 64, margin: int = 0,
                     max_samples: int = 200_000, seed: int = 0) -> BaselineResult:
     """Fit the linear z-profile baseline on ``fragments`` and score it (and the all-ink baseline) on
-    ``val_fragment`` or on ``val_region`` of the first fragment."""
+    ``val_fragment`` or on ``val_region`` (on the fragment it names, else the first)."""
     from napari_vesuvius_pt.engine.evaluation import _tiles_with_ink, scored_area
 
     data = data or DEFAULT_DATA
@@ -91,7 +92,8 @@ def linear_baseline(fragments: Sequence[str | Path], val_fragment: str | Path | 
         raise ConfigError("give either a validation fragment (--val-fragment) or a validation region "
                           "on the first fragment (--val-region), exactly one")
     segs = [_open(p, data) for p in fragments]
-    val_seg = segs[0] if val_region is not None else _open(val_fragment, data)
+    owner = region_owner(segs, val_region) if val_region is not None else -1
+    val_seg = segs[owner] if val_region is not None else _open(val_fragment, data)
     nzs = [s.shape[0] for s in [*segs, val_seg]]
     depth = int(depth or min(nzs))
     if depth < 1 or depth > min(nzs):
@@ -109,7 +111,7 @@ def linear_baseline(fragments: Sequence[str | Path], val_fragment: str | Path | 
     train = []
     for i, seg in enumerate(segs):
         where = np.asarray(seg.scored_mask(), dtype=bool)  # supervision / ignore masks honoured
-        if i == 0 and region is not None:
+        if i == owner and region is not None:
             grow = smooth // 2 + max(0, int(margin))
             near = ndimage.binary_dilation(region, iterations=grow) if grow else region
             where = where & ~near

@@ -54,6 +54,7 @@ class PreviewReady(Event):
     array: np.ndarray  # (y, x) probabilities
     translate: tuple[float, float] = (0.0, 0.0)  # (y, x) of array[0, 0] in segment pixels
     scale: tuple[float, float] = (1.0, 1.0)
+    segment_path: str = ""  # the segment it lies on (the validation fragment)
 
 
 @dataclass(frozen=True)

@@ -5,7 +5,8 @@
 The encoder comes from ``random``, ``k700:FILE``, a pretraining run folder or a checkpoint, frozen or
 trained with its own (smaller) learning rate, under an :class:`InkModel` head that predicts ink at
 ``1 / output_stride`` of the tile size. Training tiles lie inside the fragments' masks; validation is a
-whole fragment (``val_fragment``) or polygons on the first training fragment (``val_region``): tiles
+whole fragment (``val_fragment``) or polygons on a training fragment (``val_region``; the one its file
+names, else the first): tiles
 whose centre is inside a polygon validate, tiles touching a polygon or a validation tile otherwise are
 dropped, so no pixel both trains and validates.
 
@@ -39,6 +40,7 @@ from napari_vesuvius_pt.config import FinetuneConfig, to_dict
 from napari_vesuvius_pt.data.augment import augment_batch
 from napari_vesuvius_pt.data.tiles import (
     load_regions,
+    region_owner,
     save_regions,
     scale_polygons,
     split_by_mask,
@@ -187,7 +189,8 @@ def prepare_data(cfg: FinetuneConfig, run_dir: Path | None,
     elif cfg.val_region:
         polygons_full = load_regions(cfg.val_region)
         polygons = scale_polygons(polygons_full, cfg.data.downsample)
-        first = train[0]
+        at = region_owner(train, cfg.val_region)
+        first = train[at]
         h, w = first.grid.shape
         for poly in polygons:
             if poly[:, 0].max() < 0 or poly[:, 1].max() < 0 or poly[:, 0].min() > h - 1 or poly[:, 1].min() > w - 1:
@@ -199,11 +202,11 @@ def prepare_data(cfg: FinetuneConfig, run_dir: Path | None,
         val = _apply_mask_choices(cfg, open_source(first.path, cfg.data, cfg.tile, 0, 0, params(first.path),
                                                    need_labels=True))
         val = _subset(val, val_idx)
-        train[0] = _subset(first, train_idx)
-        info.update(region=str(cfg.val_region), polygons=len(polygons),
+        train[at] = _subset(first, train_idx)
+        info.update(region=str(cfg.val_region), region_fragment=first.name, polygons=len(polygons),
                     dropped_tiles=int(len(first.grid) - len(train_idx) - len(val_idx)))
         if run_dir is not None:
-            save_regions(run_dir / REGION_COPY, polygons_full)
+            save_regions(run_dir / REGION_COPY, polygons_full, fragment=first.name, fragment_path=first.path)
     else:
         val = _apply_mask_choices(cfg, open_source(str(cfg.val_fragment), cfg.data, cfg.tile, 0, 0,
                                                    params(str(cfg.val_fragment)), need_labels=True))
@@ -339,7 +342,8 @@ def all_ink_f05(prevalence: float) -> float:
     return 1.25 * p / (0.25 * p + 1.0) if p > 0 else 0.0
 
 
-def preview(mean: np.ndarray, origin: tuple[int, int], cell: int, downsample: int, epoch: int) -> PreviewReady:
+def preview(mean: np.ndarray, origin: tuple[int, int], cell: int, downsample: int, epoch: int,
+            segment_path: str = "") -> PreviewReady:
     """The stitched prediction in full-resolution pixels (translate/scale place it over the fragment)."""
     f = int(downsample)
     if mean.size * cell * cell <= PREVIEW_MAX_PIXELS:
@@ -349,7 +353,8 @@ def preview(mean: np.ndarray, origin: tuple[int, int], cell: int, downsample: in
         array, step = mean.copy(), cell
     # segment pixel i covers full-resolution pixels i*f .. i*f + f - 1 (centre i*f + (f - 1) / 2)
     translate = tuple(float(o * f + (step * f - 1) / 2.0) for o in origin)
-    return PreviewReady(epoch, "validation prediction", array.astype(np.float32), translate, (float(step * f), float(step * f)))
+    return PreviewReady(epoch, "validation prediction", array.astype(np.float32), translate, (float(step * f), float(step * f)),
+                        str(segment_path))
 
 
 # ---------------------------------------------------------------- the run
@@ -444,7 +449,7 @@ class _InkSteps:
                                                 or 0, cfg.optim.lr).replace(", step 0", ", its last step"))
         metrics.update(score(mean, count, origin, cell, val))
         metrics.update(val_tiles=len(val.grid), val_seconds=time.perf_counter() - t0)
-        return [preview(mean, origin, cell, cfg.data.downsample, epoch)]
+        return [preview(mean, origin, cell, cfg.data.downsample, epoch, str(val.path))]
 
     def model_fields(self, model: nn.Module) -> dict[str, Any]:
         return {

@@ -55,13 +55,16 @@ def _same_regions(a: Any, b: Any) -> bool:
     """Two polygon files holding the same polygons (a fine-tuning run keeps a copy of its own)."""
     if not (isinstance(a, str) and isinstance(b, str)):
         return False
-    from napari_vesuvius_pt.data.tiles import load_regions
+    from napari_vesuvius_pt.data.tiles import load_regions, region_fragment
     from napari_vesuvius_pt.errors import VesuviusError
 
     try:
         pa, pb = load_regions(a), load_regions(b)
     except (VesuviusError, OSError, ValueError):
         return False
+    (na, _), (nb, _) = region_fragment(a), region_fragment(b)
+    if na and nb and na != nb:
+        return False  # the same polygons on another fragment
     return len(pa) == len(pb) and all(x.shape == y.shape and (x == y).all() for x, y in zip(pa, pb))
 
 

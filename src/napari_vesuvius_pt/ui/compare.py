@@ -108,10 +108,12 @@ def _zoom_to_region(viewer: Any, comparison: Comparison) -> None:
     extent = np.asarray(viewer.layers.extent.world)[:, -2:]
     scene = np.maximum(extent[1] - extent[0], 1.0)
     region = np.maximum(np.array([y1 - y0, x1 - x0]), 1.0)
-    viewer.camera.zoom = float(viewer.camera.zoom * 0.9 * np.min(scene / region))
-    center = list(viewer.camera.center)
+    scene_model = getattr(viewer, "scene", None)  # napari >= 0.9 keeps the camera there
+    camera = scene_model.camera if scene_model is not None and hasattr(scene_model, "camera") else viewer.camera
+    camera.zoom = float(camera.zoom * 0.9 * np.min(scene / region))
+    center = list(camera.center)
     center[-2:] = [(y0 + y1) / 2, (x0 + x1) / 2]
-    viewer.camera.center = tuple(center)
+    camera.center = tuple(center)
 
 
 def _hide_others(viewer: Any) -> None:

@@ -1,7 +1,7 @@
 """Fine-tune dock widget: train an ink head (and optionally the encoder) on labeled fragments.
 
-Validation is a whole fragment, or regions the user draws on the first training fragment in a
-"validation regions" Shapes layer. Shows the loss per step, F0.5 per epoch, and a preview layer of the
+Validation is a whole fragment, or regions the user draws on any training fragment (chosen in "regions
+on") in a "validation regions" Shapes layer; the regions are saved with that fragment's name and path. Shows the loss per step, F0.5 per epoch, and a preview layer of the
 prediction over the validation tiles that is replaced after every epoch.
 """
 
@@ -11,7 +11,8 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
-from qtpy.QtWidgets import QCheckBox, QPushButton, QWidget
+from qtpy.QtCore import Qt
+from qtpy.QtWidgets import QCheckBox, QComboBox, QPushButton, QWidget
 
 from napari_vesuvius_pt.config import (
     ENCODER_NAMES,
@@ -36,7 +37,13 @@ from napari_vesuvius_pt.ui.fields import (
     spin,
 )
 from napari_vesuvius_pt.ui.job_panel import JobWidget
-from napari_vesuvius_pt.ui.layers import find_segment_layer, ink_labels_layer, outline_labels, plane_placement
+from napari_vesuvius_pt.ui.layers import (
+    find_segment_layer,
+    ink_labels_layer,
+    outline_labels,
+    plane_placement,
+    show_only_segment,
+)
 from napari_vesuvius_pt.ui.plots import LivePlot, Panel
 from napari_vesuvius_pt.ui.segment_registry import TRAIN, VALIDATION
 
@@ -49,7 +56,7 @@ ORIGINS = (
     ("k700", "Kinetics-700 weights file"),
     ("run", "pretraining run or checkpoint"),
 )
-VALIDATION_CHOICES = (("regions", "regions drawn on the first fragment"), ("fragment", "a whole validation fragment"),
+VALIDATION_CHOICES = (("regions", "regions drawn on a training fragment"), ("fragment", "a whole validation fragment"),
                       ("mask", "the first fragment's validation mask"))
 
 
@@ -64,13 +71,17 @@ class FinetuneWidget(JobWidget):
         d = FinetuneConfig()
         self._offered: set[str] = set()
         self.fragments = PathList(FILE_OR_FOLDER, title="Add a labeled fragment")
-        self.fragments.setToolTip("Fragments with ink labels; the first ticked one carries the validation regions")
+        self.fragments.setToolTip("Fragments with ink labels; the validation regions lie on the one chosen in 'regions on'")
+        self.region_on = QComboBox()
+        self.region_on.setToolTip("The training fragment the validation regions are drawn on (saved with its name)")
+        self.region_on.setSizeAdjustPolicy(QComboBox.SizeAdjustPolicy.AdjustToMinimumContentsLengthWithIcon)
+        self.region_on.setMinimumContentsLength(12)
         self.validation = combo([v for v, _ in VALIDATION_CHOICES])
         for i, (_, text) in enumerate(VALIDATION_CHOICES):
             self.validation.setItemText(i, text)
         self.draw_button = QPushButton("Draw validation regions")
         self.draw_button.setToolTip(
-            "Adds a 'validation regions' Shapes layer over the first training fragment: draw rectangles or "
+            "Adds a 'validation regions' Shapes layer over the fragment chosen in 'regions on': draw rectangles or "
             "polygons on it. Tiles whose centre lies inside validate; tiles touching them are left out.")
         self.draw_button.clicked.connect(self.regions_layer)
         self.val_fragment = PathField(FILE_OR_FOLDER, "validation fragment", title="Validation fragment",
@@ -105,24 +116,28 @@ class FinetuneWidget(JobWidget):
         f = self.form
         f.addRow("fragments", self.fragments)
         f.addRow("validation", self.validation)
+        f.addRow("regions on", self.region_on)
         f.addRow("", self.draw_button)
         f.addRow("val. fragment", self.val_fragment)
-        f.addRow("masks", self.supervision_masks)
-        f.addRow("", self.ignore_masks)
         f.addRow("encoder from", self.origin)
         f.addRow("weights", self.origin_path)
         f.addRow("encoder", hrow(self.encoder, "width ×", self.widen))
         f.addRow("", self.freeze)
-        f.addRow("output stride", self.output_stride)
-        f.addRow("tile", hrow(self.tile_depth, "×", self.tile_size, "stride", self.tile_stride))
         f.addRow("epochs", hrow(self.epochs, "batch", self.batch_size))
-        f.addRow("steps", self.steps)
-        f.addRow("lr", self.lr)
-        f.addRow("normalize", self.normalization)
         f.addRow("device", self.device)
         f.addRow("run folder", self.run_folder)
         f.addRow("", self.resume)
+        a = self.advanced_form
+        a.addRow("masks", self.supervision_masks)
+        a.addRow("", self.ignore_masks)
+        a.addRow("output stride", self.output_stride)
+        a.addRow("tile", hrow(self.tile_depth, "×", self.tile_size, "stride", self.tile_stride))
+        a.addRow("steps", self.steps)
+        a.addRow("lr", self.lr)
+        a.addRow("normalize", self.normalization)
         self.validation.currentIndexChanged.connect(self._show_validation_fields)
+        self.fragments.changed.connect(self._offer_region_fragments)
+        self.region_on.currentIndexChanged.connect(self._region_fragment_chosen)
         self.origin.currentIndexChanged.connect(self._show_origin_fields)
         self._show_validation_fields()
         self._show_origin_fields()
@@ -167,6 +182,7 @@ class FinetuneWidget(JobWidget):
     def _show_validation_fields(self) -> None:
         regions = self.validation.currentData() == "regions"
         self._set_row_visible(self.draw_button, regions)
+        self._set_row_visible(self.region_on, regions)
         self._set_row_visible(self.val_fragment, self.validation.currentData() == "fragment")
 
     def _show_origin_fields(self) -> None:
@@ -175,30 +191,76 @@ class FinetuneWidget(JobWidget):
         self.origin_path.edit.setPlaceholderText(
             "Kinetics-700 weights file (.pth)" if origin == "k700" else "pretraining run folder or checkpoint .pt")
 
+    def _offer_region_fragments(self) -> None:
+        """'regions on' lists the ticked training fragments, keeping the choice while it is still ticked."""
+        paths = self.fragments.paths()
+        chosen = self.region_on.currentData()
+        labels = {p: (self.registry.get(p).label if self.registry.get(p) else Path(p).name) for p in paths}
+        self.region_on.blockSignals(True)
+        self.region_on.clear()
+        for path in paths:
+            self.region_on.addItem(labels[path], path)
+            self.region_on.setItemData(self.region_on.count() - 1, path, Qt.ItemDataRole.ToolTipRole)
+        self.region_on.setCurrentIndex(max(0, self.region_on.findData(chosen)) if paths else -1)
+        self.region_on.blockSignals(False)
+        if self.region_on.currentData() != chosen:
+            self._region_fragment_chosen()
+
     def region_fragment(self) -> str:
+        """The training fragment the validation regions are drawn on (the first one when none is chosen)."""
         fragments = self.fragments.paths()
         if not fragments:
             raise ConfigError("no training fragment chosen: add a labeled fragment and tick it")
-        return fragments[0]
+        chosen = self.region_on.currentData()
+        return chosen if chosen in fragments else fragments[0]
 
-    def regions_layer(self):
-        """The 'validation regions' Shapes layer, created over the first training fragment if needed."""
+    def region_fragment_name(self) -> str:
+        """The name the engine knows the region fragment by (the Segments widget's, else the folder's; the
+        engine matches the saved path first, so nothing is opened here, on the GUI thread)."""
+        path = self.region_fragment()
+        entry = self.registry.get(path)
+        return entry.name if entry is not None else Path(path.rstrip("/")).name
+
+    def _fragment_layer(self, path: str | None):
+        if path is None:
+            return None
+        entry = self.registry.get(path)
+        return find_segment_layer(self.viewer, path, entry.layer_names if entry else ())
+
+    def _region_fragment_chosen(self) -> None:
+        """Move the regions layer onto the chosen fragment and show that fragment (its drawn shapes keep
+        their pixel coordinates: they are now regions of the chosen fragment)."""
+        try:
+            path = self.region_fragment()
+        except ConfigError:
+            return
+        if self.registry.get(path) is not None:
+            show_only_segment(self.viewer, path, [e.path for e in self.registry])
         if REGIONS_LAYER in self.viewer.layers:
             layer = self.viewer.layers[REGIONS_LAYER]
+            scale, translate, _ = plane_placement(self._fragment_layer(path))
+            layer.scale, layer.translate = scale, translate
+            layer.metadata["segment_path"] = path
+            layer.visible = True
+
+    def regions_layer(self):
+        """The 'validation regions' Shapes layer, created over the chosen training fragment if needed."""
+        try:
+            path = self.region_fragment()
+        except ConfigError:
+            path = None
+        if REGIONS_LAYER in self.viewer.layers:
+            layer = self.viewer.layers[REGIONS_LAYER]
+            if path is not None and layer.metadata.get("segment_path") != path:
+                self._region_fragment_chosen()
         else:
-            fragment_layer = None
-            try:
-                path = self.region_fragment()
-            except ConfigError:
-                path = None
-            if path is not None:
-                entry = self.registry.get(path)
-                fragment_layer = find_segment_layer(self.viewer, path, entry.layer_names if entry else ())
-            scale, translate, extent = plane_placement(fragment_layer)
+            scale, translate, extent = plane_placement(self._fragment_layer(path))
             layer = self.viewer.add_shapes(
                 name=REGIONS_LAYER, ndim=2, scale=scale, translate=translate,
                 edge_color="#ffd24a", face_color=[1.0, 0.82, 0.29, 0.18], edge_width=max(2.0, extent / 250.0),
+                metadata={"segment_path": path, "kind": "regions"} if path else {"kind": "regions"},
             )
+        layer.visible = True
         self.viewer.layers.selection.active = layer
         layer.mode = "add_rectangle"
         return layer
@@ -292,7 +354,8 @@ class FinetuneWidget(JobWidget):
             from napari_vesuvius_pt.data.tiles import save_regions
 
             Path(config.out).mkdir(parents=True, exist_ok=True)
-            save_regions(config.val_region, polygons)
+            save_regions(config.val_region, polygons, fragment=self.region_fragment_name(),
+                         fragment_path=self.region_fragment())
 
     def handle_event(self, event: Event) -> None:
         # the loss and F0.5 plots are filled by JobWidget (add_training_plots)
@@ -320,10 +383,13 @@ class FinetuneWidget(JobWidget):
                 event.array, name=name, colormap="magma", opacity=0.6, blending="additive",
                 contrast_limits=(0.0, 1.0), **kwargs)
         layer.metadata["epoch"] = event.epoch
+        on = event.segment_path or (self.config.fragments[0] if self.config else "")
+        if on:
+            layer.metadata["segment_path"] = on  # shown and hidden with the validation fragment
         self.preview_layer = layer
         # the fragment's ink labels as outlines over the preview, and the regions on top (still editable)
         layers = self.viewer.layers
-        entry = self.registry.get(self.config.fragments[0]) if self.config else None
+        entry = self.registry.get(on) if on else None
         labels = ink_labels_layer(self.viewer, entry.layer_names) if entry else None
         if labels is not None:
             outline_labels(labels)

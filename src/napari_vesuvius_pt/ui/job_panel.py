@@ -27,6 +27,7 @@ from qtpy.QtWidgets import (
     QVBoxLayout,
     QWidget,
 )
+from superqt import QCollapsible
 
 from napari_vesuvius_pt.config import DataConfig
 from napari_vesuvius_pt.engine.events import EpochDone, Event, Started, StepDone, TilesDone
@@ -139,6 +140,22 @@ def _stop_orphaned(runner: JobRunner, *_args: Any) -> None:
     runner.detach()
 
 
+def remote_flags(paths: list[str]) -> list[str]:
+    """The CLI's remote-segment flags (--cache, --cache-size, --s3-endpoint) as this napari has them set
+    (the Segments widget's cache fields), when one of ``paths`` is a URL; none otherwise."""
+    import os
+
+    from napari_vesuvius_pt.data.remote import CACHE_ENV, CACHE_SIZE_ENV, S3_ENDPOINT_ENV, is_url
+
+    if not any(is_url(str(p)) for p in paths):
+        return []
+    flags = []
+    for flag, env in (("--cache", CACHE_ENV), ("--cache-size", CACHE_SIZE_ENV), ("--s3-endpoint", S3_ENDPOINT_ENV)):
+        if os.environ.get(env):
+            flags += [flag, os.environ[env]]
+    return flags
+
+
 class JobWidget(QWidget):
     """Base of the Pretrain, Fine-tune, Predict and CKA dock widgets."""
 
@@ -170,6 +187,16 @@ class JobWidget(QWidget):
         self.form.setContentsMargins(0, 0, 0, 0)
         self.form.setFieldGrowthPolicy(QFormLayout.FieldGrowthPolicy.AllNonFixedFieldsGrow)
         self.body_layout.addWidget(self.settings_box)
+        # rarely changed settings (tile geometry, optimiser, storage): a collapsed section under the form
+        self.advanced_box = QWidget()
+        self.advanced_form = QFormLayout(self.advanced_box)
+        self.advanced_form.setContentsMargins(0, 0, 0, 0)
+        self.advanced_form.setFieldGrowthPolicy(QFormLayout.FieldGrowthPolicy.AllNonFixedFieldsGrow)
+        self.advanced = QCollapsible("Advanced settings")
+        self.advanced.setDuration(0)  # no animation: it would re-lay out the dock for 300 ms
+        self.advanced.addWidget(self.advanced_box)
+        self.advanced.collapse(animate=False)
+        self.body_layout.addWidget(self.advanced)
 
         self.start_button = QPushButton(self.start_text)
         self.pause_button = QPushButton("Pause")
@@ -222,6 +249,7 @@ class JobWidget(QWidget):
     def finish_setup(self, remembered_fields: dict[str, Any]) -> None:
         """End of a subclass's ``__init__``: restore the fields saved at the last launch (and save every
         change from now on), and offer the segments loaded in the Segments widget."""
+        self.advanced.setVisible(self.advanced_form.rowCount() > 0)
         self.remembered = remember(self.title, remembered_fields)
         self.registry.changed.connect(self._registry_changed)
         self._registry_changed()
@@ -278,7 +306,9 @@ class JobWidget(QWidget):
 
         out = Path(config.out)
         again = next_free_folder(out.with_name(out.name + "-again"))
-        return shlex.join(["vesuvius-pt", self.cli_name, "--config", str(out / "config.yaml"), "--out", str(again)])
+        paths = [*(getattr(config, "segments", None) or []), *(getattr(config, "fragments", None) or [])]
+        return shlex.join(["vesuvius-pt", self.cli_name, "--config", str(out / "config.yaml"), "--out", str(again),
+                           *remote_flags(paths)])
 
     def planned_epochs(self, config: Any) -> int:
         return int(getattr(config, "epochs", 1) or 1)

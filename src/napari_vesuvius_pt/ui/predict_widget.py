@@ -40,7 +40,7 @@ from napari_vesuvius_pt.engine.events import Event, LabelsReady, MetricsReady, S
 from napari_vesuvius_pt.errors import ConfigError
 from napari_vesuvius_pt.ui.device_choice import DeviceChoice
 from napari_vesuvius_pt.ui.fields import FILE, FILE_OR_FOLDER, FOLDER, PathField, PathList, combo, hrow, spin
-from napari_vesuvius_pt.ui.job_panel import JobWidget
+from napari_vesuvius_pt.ui.job_panel import JobWidget, remote_flags
 from napari_vesuvius_pt.ui.layers import is_layer, outline_labels
 from napari_vesuvius_pt.ui.segment_registry import TRAIN, VALIDATION
 
@@ -79,6 +79,9 @@ class PredictWidget(JobWidget):
                                "Depth direction: as trained, flipped, or both (each and their mean)")
         self.out_format = combo(PREDICT_FORMATS, d.format, "OME-Zarr, or also a tiled BigTIFF per array beside it")
         self.skip_empty = QCheckBox("score only tiles with ink")
+        self.tta = QCheckBox("test-time augmentation (8 flips and rotations, 8× the compute)")
+        self.tta.setChecked(d.tta)
+        self.tta.setToolTip("Each tile's prediction is the mean over its 8 flips and 90° rotations (predict --tta)")
         self.device = DeviceChoice()
         self.side_by_side = QCheckBox("side by side (one grid cell per encoder)")
         self.side_by_side.toggled.connect(self.set_side_by_side)
@@ -89,14 +92,16 @@ class PredictWidget(JobWidget):
         f.addRow("regions file", self.region_file)
         f.addRow("checkpoints", self.checkpoints)
         f.addRow("output", self.out)
-        f.addRow("edge", hrow(self.edge, "stride", self.stride))
-        f.addRow("batch", hrow(self.batch_size, "blend", self.weighting))
-        f.addRow("store as", self.dtype)
-        f.addRow("", self.full_resolution)
-        f.addRow("direction", self.direction)
-        f.addRow("format", self.out_format)
+        f.addRow("", self.tta)
         f.addRow("", self.skip_empty)
         f.addRow("device", self.device)
+        a = self.advanced_form
+        a.addRow("edge", hrow(self.edge, "stride", self.stride))
+        a.addRow("batch", hrow(self.batch_size, "blend", self.weighting))
+        a.addRow("store as", self.dtype)
+        a.addRow("", self.full_resolution)
+        a.addRow("direction", self.direction)
+        a.addRow("format", self.out_format)
 
         self.table = QTableWidget(0, len(METRIC_COLUMNS))
         self.table.setHorizontalHeaderLabels([label for _, label in METRIC_COLUMNS])
@@ -122,7 +127,7 @@ class PredictWidget(JobWidget):
         self.finish_setup({
             "edge": self.edge, "stride": self.stride, "batch_size": self.batch_size, "weighting": self.weighting,
             "dtype": self.dtype, "full_resolution": self.full_resolution, "skip_empty": self.skip_empty,
-            "direction": self.direction, "out_format": self.out_format,
+            "direction": self.direction, "out_format": self.out_format, "tta": self.tta,
             "device": self.device,
         })
 
@@ -252,6 +257,7 @@ class PredictWidget(JobWidget):
             full_resolution=self.full_resolution.isChecked(),
             direction=self.direction.currentData(),
             format=self.out_format.currentData(),
+            tta=self.tta.isChecked(),
         )
 
     def make_events(self, config: PredictConfig) -> Callable[[], Iterator[Event]]:
@@ -281,6 +287,7 @@ class PredictWidget(JobWidget):
         for ckpt in config.checkpoints:
             args += ["--checkpoint", ckpt]
         args += ["--segment", config.segment, "--out", config.out]
+        args += remote_flags([config.segment])
         if config.region:
             args += ["--region", config.region]
         if config.stride:
@@ -292,6 +299,8 @@ class PredictWidget(JobWidget):
             args += ["--direction", config.direction]
         if config.format != "ome-zarr":
             args += ["--format", config.format]
+        if config.tta:
+            args.append("--tta")
         evaluate = ["vesuvius-pt", "evaluate", "--prediction", config.out, "--segment", config.segment]
         if config.region:
             evaluate += ["--region", config.region]
@@ -307,7 +316,9 @@ class PredictWidget(JobWidget):
             from napari_vesuvius_pt.data.tiles import save_regions
 
             Path(config.region).parent.mkdir(parents=True, exist_ok=True)
-            save_regions(config.region, polygons)
+            entry = self.registry.get(config.segment)
+            save_regions(config.region, polygons, fragment=entry.name if entry else Path(config.segment).name,
+                         fragment_path=config.segment)
         self.table.setRowCount(0)
         if self._cancel_layout is not None:
             self._cancel_layout()

@@ -75,16 +75,17 @@ class PretrainWidget(JobWidget):
         f = self.form
         f.addRow("segments", self.segments)
         f.addRow("encoder", hrow(self.encoder, "width ×", self.widen))
-        f.addRow("tile", hrow(self.tile_depth, "×", self.tile_size, "stride", self.tile_stride))
         f.addRow("epochs", hrow(self.epochs, "batch", self.batch_size))
-        f.addRow("steps", self.steps)
-        f.addRow("optimizer", hrow(self.optimizer, "lr", self.lr))
-        f.addRow("z-shift", hrow(self.z_shift, "holes", self.holes, "+", self.big_holes))
-        f.addRow("normalize", self.normalization)
         f.addRow("probe", hrow(self.probe_fragment, self.probe_region))
         f.addRow("device", self.device)
         f.addRow("run folder", self.run_folder)
         f.addRow("", self.resume)
+        a = self.advanced_form
+        a.addRow("tile", hrow(self.tile_depth, "×", self.tile_size, "stride", self.tile_stride))
+        a.addRow("steps", self.steps)
+        a.addRow("optimizer", hrow(self.optimizer, "lr", self.lr))
+        a.addRow("z-shift", hrow(self.z_shift, "holes", self.holes, "+", self.big_holes))
+        a.addRow("normalize", self.normalization)
 
         self.loss_plot = LivePlot([Panel("VICReg loss and its terms", ["loss", *TERMS], log=True)],
                                   xlabel="step", height_per_panel=2.0)

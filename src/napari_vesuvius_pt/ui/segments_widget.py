@@ -33,6 +33,7 @@ from qtpy.QtWidgets import (
     QVBoxLayout,
     QWidget,
 )
+from superqt import QLabeledRangeSlider
 
 from napari_vesuvius_pt._reader import layers_of_segment
 from napari_vesuvius_pt.ui.layers import layers_showing, same_layer, show_only_segment
@@ -133,8 +134,12 @@ class SegmentsWidget(QWidget):
                                    "(the CLI's --cache-size)")
         self.info = QLabel("Choose a segment.")
         self.info.setWordWrap(True)
-        self.z_start = spin(0, 0, 0, "First layer to read (index in the file)")
-        self.z_stop = spin(1, 1, 1, "Read layers up to, not including, this one")
+        # the layer window: superqt's labeled range slider, from the first layer read up to (not including)
+        # the second handle's layer; its labels take typed values too
+        self.z_window = QLabeledRangeSlider(Qt.Orientation.Horizontal)
+        self.z_window.setRange(0, 1)
+        self.z_window.setValue((0, 1))
+        self.z_window.setToolTip("Layers to read: from the first handle's layer up to, not including, the second's")
         self.reverse = QCheckBox("reverse")
         self.reverse.setToolTip("Flip the depth axis: some published segments are stored reversed")
         self.downsample = spin(1, 16, 1, "In-plane downsampling factor (block mean); 2 halves the resolution")
@@ -158,7 +163,7 @@ class SegmentsWidget(QWidget):
         form.addRow("path", self.path)
         form.addRow("", self.info)
         form.addRow("cache", hrow(self.cache, "max", self.cache_size))
-        form.addRow("layers", hrow(self.z_start, "to", self.z_stop))
+        form.addRow("layers", self.z_window)
         form.addRow("downsample", hrow(self.downsample, self.reverse))
         form.addRow("normalize", self.normalization)
         form.addRow(self.preview_image)
@@ -202,10 +207,8 @@ class SegmentsWidget(QWidget):
         self.path.changed.connect(self._path_changed)
         self.cache.changed.connect(self._cache_changed)
         self.cache_size.textChanged.connect(self._cache_changed)
-        for box in (self.z_start, self.z_stop, self.downsample):
-            box.valueChanged.connect(self._options_changed)
-        self.z_start.valueChanged.connect(self._keep_start_below_stop)
-        self.z_stop.valueChanged.connect(self._keep_stop_above_start)
+        self.downsample.valueChanged.connect(self._options_changed)
+        self.z_window.valueChanged.connect(self._z_window_changed)
         self.reverse.toggled.connect(self._options_changed)
         self.normalization.currentIndexChanged.connect(self._options_changed)
         self.load_button.clicked.connect(self.load)
@@ -233,27 +236,32 @@ class SegmentsWidget(QWidget):
         super().showEvent(event)
 
     def options(self) -> OpenOptions:
-        z_range = (self.z_start.value(), self.z_stop.value()) if self._n_layers else None
+        z_range = self.z_range() if self._n_layers else None
         return OpenOptions(self.path.text(), z_range, self.reverse.isChecked(), self.downsample.value(),
                            str(self.normalization.currentData()))
 
+    def z_range(self) -> tuple[int, int]:
+        """(start, stop) of the layer window, stop excluded (the config's ``z_range``)."""
+        start, stop = (int(round(v)) for v in self.z_window.value())
+        return start, stop
+
+    def set_z_range(self, start: int, stop: int) -> None:
+        self.z_window.setValue((int(start), int(stop)))
+
     def _set_z_limits(self, n_layers: int) -> None:
-        for box in (self.z_start, self.z_stop):
-            box.blockSignals(True)
-        self.z_start.setRange(0, n_layers - 1)
-        self.z_stop.setRange(1, n_layers)
-        self.z_start.setValue(0)
-        self.z_stop.setValue(n_layers)
-        for box in (self.z_start, self.z_stop):
-            box.blockSignals(False)
+        self.z_window.blockSignals(True)
+        self.z_window.setRange(0, n_layers)
+        self.z_window.setValue((0, n_layers))
+        self.z_window.blockSignals(False)
 
-    def _keep_start_below_stop(self, start: int) -> None:
-        if start >= self.z_stop.value():
-            self.z_stop.setValue(start + 1)
-
-    def _keep_stop_above_start(self, stop: int) -> None:
-        if stop <= self.z_start.value():
-            self.z_start.setValue(stop - 1)
+    def _z_window_changed(self, value: tuple[int, int]) -> None:
+        start, stop = (int(round(v)) for v in value)
+        if stop <= start:  # the handles met: keep at least one layer
+            top = int(self.z_window.maximum())
+            start, stop = (start, start + 1) if start < top else (top - 1, top)
+            self.z_window.setValue((start, stop))  # re-enters with a valid window
+            return
+        self._options_changed()
 
     def _cache_changed(self, *_args: Any) -> None:
         """The cache fields become this process's defaults (what every run and worker reads)."""
