@@ -35,6 +35,7 @@ class GuiSampler:
         self.interval = interval_s
         self.thread_id = threading.main_thread().ident
         self.samples: list[tuple[float, str, str]] = []  # (time, deepest of ours, outermost of ours)
+        self.others: list[tuple[float, tuple[str, ...]]] = []  # (time, where each other thread was)
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
@@ -53,7 +54,19 @@ class GuiSampler:
                 ours = [f for f in frames if "napari_vesuvius_pt" in f.filename]
                 top = f"{ours[0].filename.split('/')[-1]}:{ours[0].lineno} {ours[0].name}" if ours else "-"
                 self.samples.append((time.perf_counter(), _where(frames), top))
+            names = {t.ident: t.name for t in threading.enumerate()}
+            others = tuple(f"{names.get(ident, ident)}: {_where(traceback.extract_stack(f))}"
+                           for ident, f in sys._current_frames().items()
+                           if ident not in (self.thread_id, threading.get_ident()))
+            self.others.append((time.perf_counter(), others))
             time.sleep(self.interval)
+
+    def other_threads(self, start: float, end: float, n: int = 3) -> str:
+        """Where the other threads were during a gap and at the first sample after it (a thread that held
+        the GIL through the gap is usually still at, or just past, the call that held it)."""
+        seen = Counter(w for ts, ws in self.others if start <= ts <= end + 0.05 for w in ws
+                       if "wait" not in w and "sleep" not in w and "_worker" not in w)
+        return "; ".join(f"{w} x{c}" for w, c in seen.most_common(n)) or "-"
 
     def during(self, start: float, end: float, n: int = 4) -> str:
         inside = [(w, t) for ts, w, t in self.samples if start <= ts <= end]

@@ -8,7 +8,11 @@ with tiny models on synthetic data:
 
     xvfb-run -a python bench/bench_gui_stall.py            # prints a table; --append adds it to bench/RESULTS.md
 
-Run it on a busy machine to see the worst case (the issue's numbers were taken with other jobs running).
+Run it on a busy machine to see the worst case (the issue's numbers were taken with other jobs running),
+or make the machine busy: ``--busy N`` runs N processes that spin on a core each for the whole bench.
+``STALL_OPEN_S`` (default 1.5) is how long after opening a dock Start is pressed; ``STALL_WHEN=1``
+prints when each long gap happened, with each event's handling time, plot renders and garbage
+collections over 10 ms (how the stalls below were found).
 """
 
 from __future__ import annotations
@@ -18,11 +22,13 @@ import os
 import platform
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
 HEARTBEAT_MS = 10
 GOAL_MS = 100.0
+OPEN_S = float(os.environ.get("STALL_OPEN_S", "1.5"))  # seconds between opening a dock and pressing Start
 
 
 class Heartbeat:
@@ -33,6 +39,7 @@ class Heartbeat:
         self.timer.setInterval(HEARTBEAT_MS)
         self.timer.timeout.connect(self._tick)
         self.last = None
+        self.t_start = time.perf_counter()
         self.gaps: list[tuple[float, float]] = []  # (gap s, when it ended)
         self.sampler = None  # a GuiSampler with --trace
 
@@ -44,14 +51,20 @@ class Heartbeat:
 
     def start(self) -> None:
         self.gaps, self.last = [], None
+        self.t_start = time.perf_counter()
         self.timer.start()
 
     def stop(self) -> float:
         self.timer.stop()
+        if os.environ.get("STALL_WHEN"):  # when the long gaps ended, in seconds from the phase's start
+            took = time.perf_counter() - self.t_start
+            ends = [f"{(end - self.t_start):.2f}" for gap, end in sorted(self.gaps, reverse=True)[:3] if gap * 1000 > GOAL_MS]
+            print(f"    gaps over the goal ended at {', '.join(ends) or '-'} s of {took:.2f} s", flush=True)
         if self.sampler is not None:
             for gap, end in sorted(self.gaps, reverse=True)[:3]:
                 if gap * 1000.0 > GOAL_MS:
                     print(f"    gap {gap * 1000:.0f} ms: {self.sampler.during(end - gap, end)}", flush=True)
+                    print(f"      other threads: {self.sampler.other_threads(end - gap, end)}", flush=True)
         return max((g for g, _ in self.gaps), default=0.0) * 1000.0
 
 
@@ -103,7 +116,13 @@ def main(argv=None) -> int:
     parser.add_argument("--epochs", type=int, default=3)
     parser.add_argument("--trace", action="store_true",
                         help="print where the GUI thread was during the longest gaps (bench/_gui_sampler.py)")
+    parser.add_argument("--busy", type=int, default=0, help="processes spinning on a core each while the bench runs")
     args = parser.parse_args(argv)
+    import atexit
+    import subprocess
+
+    spinners = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(args.busy)]
+    atexit.register(lambda: [p.kill() for p in spinners])
     work = Path(tempfile.mkdtemp(prefix="vesuvius-stall-"))
     os.environ.setdefault("NAPARI_VESUVIUS_PT_SETTINGS", str(work / "widgets.json"))
     import napari
@@ -137,13 +156,16 @@ def main(argv=None) -> int:
         w.steps.setValue(steps)
         w.device.set_value("cpu")
         w.run_folder.set_text(str(run))
-        pump(1.5)  # the dock joins the others' tabs and the window lays out again: opening, not the job
+        pump(OPEN_S)  # the dock joins the others' tabs and the window lays out again: opening, not the job
         return w
 
     def measure(job: str, widget, then=None, after_s: float = 1.0, shown=lambda: True) -> None:
         """``shown``: what the job shows after it ends is on screen (the comparison view is laid out in turns)."""
         beat.start()
+        t_start = time.perf_counter()
         assert widget.start(), widget.status.text()
+        if os.environ.get("STALL_WHEN"):
+            print(f"    {job}: start() took {(time.perf_counter() - t_start) * 1000:.0f} ms", flush=True)
         if then is None:
             wait(lambda: idle(widget) and shown())
             pump(0.5)  # the repaints that follow the last change
@@ -158,6 +180,60 @@ def main(argv=None) -> int:
         pump(3.0)  # the stop / close and what follows it on the GUI thread
         rows.append((job, "stopped" if then.__name__ == "stop" else "closed mid-run", beat.stop()))
 
+    if os.environ.get("STALL_WHEN"):  # log each event the GUI thread handles, with how long it took
+        from napari_vesuvius_pt.ui.job_panel import JobWidget
+
+        real_dispatch = JobWidget._dispatch_event
+
+        def logged(self, event):
+            t0 = time.perf_counter()
+            real_dispatch(self, event)
+            took = (time.perf_counter() - t0) * 1000
+            print(f"      +{t0 - beat.t_start:.2f} s {type(event).__name__} handled in {took:.0f} ms", flush=True)
+
+        JobWidget._dispatch_event = logged
+        from napari._vispy.canvas import VispyCanvas
+        from vispy.scene import SceneCanvas
+
+        real_draw = VispyCanvas.on_draw
+        real_scene_draw = SceneCanvas.on_draw
+
+        def timed(name, real):
+            def draw(self, event=None):
+                t0 = time.perf_counter()
+                real(self, event)
+                took = (time.perf_counter() - t0) * 1000
+                if took > 20:
+                    print(f"      +{t0 - beat.t_start:.2f} s {name} took {took:.0f} ms", flush=True)
+            return draw
+
+        VispyCanvas.on_draw = timed("napari canvas on_draw", real_draw)
+        from napari_vesuvius_pt.ui.background_canvas import BackgroundCanvas
+
+        real_render = BackgroundCanvas._render
+
+        def render(self):
+            t0 = time.perf_counter()
+            real_render(self)
+            print(f"      +{t0 - beat.t_start:.2f} s plot render took {(time.perf_counter() - t0) * 1000:.0f} ms",
+                  flush=True)
+
+        BackgroundCanvas._render = render
+        import gc
+
+        gc_start = {}
+
+        def gc_timer(phase, info):
+            if phase == "start":
+                gc_start["t"] = time.perf_counter()
+            elif "t" in gc_start:
+                took = (time.perf_counter() - gc_start["t"]) * 1000
+                if took > 10:
+                    print(f"      +{gc_start['t'] - beat.t_start:.2f} s gc generation {info['generation']} took {took:.0f} ms "
+                          f"in {threading.current_thread().name}", flush=True)
+
+        gc.callbacks.append(gc_timer)
+        SceneCanvas.on_draw = timed("vispy scene draw", real_scene_draw)
     viewer = napari.Viewer(show=True)
     run = work / "vicreg"
     w = pretrain_widget(viewer, run, args.epochs, 4)
@@ -188,7 +264,7 @@ def main(argv=None) -> int:
     p.batch_size.setValue(8)
     p.edge.setValue(0)
     p.device.set_value("cpu")
-    pump(1.5)
+    pump(OPEN_S)
     measure("Predict & compare (with the comparison view at the end)", p,
             shown=lambda: p.comparison_layers is not None)
     viewer.close()
@@ -199,14 +275,14 @@ def main(argv=None) -> int:
     c.segment.set_text(str(scroll))
     c.tiles.setValue(16)
     c.device.set_value("cpu")
-    pump(1.5)
+    pump(OPEN_S)
     measure("CKA", c)
     _, e = viewer.window.add_plugin_dock_widget("napari-vesuvius-pt", "Embedding explorer")
     e.segment.set_text(str(fragment))
     e.encoders.add(str(run))
     e.tile_size.setValue(32)
     e.device.set_value("cpu")
-    pump(1.5)
+    pump(OPEN_S)
     measure("Embedding explorer", e, shown=lambda: e.shown)
     viewer.close()
 

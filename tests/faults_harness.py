@@ -39,8 +39,8 @@ if MODE == "step":
     _real_step = loop.train_step
     _where = tuple(int(v) for v in os.environ["FAULT_STEP"].split(","))
 
-    def _step(t, task, it, aug_gen, epoch, step):
-        out = _real_step(t, task, it, aug_gen, epoch, step)
+    def _step(t, task, it, epoch, step):
+        out = _real_step(t, task, it, epoch, step)
         if (epoch, step) == _where:
             open(MARK, "w").close()
             _wait_for_go()

@@ -53,6 +53,7 @@ def test_finetune_on_a_drawn_region_updates_the_preview(make_napari_viewer, qtbo
     assert widget.fragments.paths() == [str(fragment_dir)]  # offered, ticked, from the Segments widget
     run = tmp_path / "run"
     tiny(widget, fragment_dir, run, epochs=2, steps=1)
+    widget.augment_form.fields["rotate90"].value = False  # the Augmentations section: typed AugmentConfig fields
 
     widget.draw_button.click()
     shapes = viewer.layers[REGIONS_LAYER]
@@ -84,6 +85,7 @@ def test_finetune_on_a_drawn_region_updates_the_preview(make_napari_viewer, qtbo
     assert corners[:, 1].max() == pytest.approx(w)
     config = load_config(FinetuneConfig, run / "config.yaml")
     assert config.val_region == str(run / "val_region.json") and config.fragments == [str(fragment_dir)]
+    assert config.augment.rotate90 is False and config.augment.flip is True
     # live plots: loss per step, F0.5 per epoch; metrics are in the checkpoint
     assert [x for x, _ in widget.loss_plot.points("loss")] == [1, 2]
     assert [x for x, _ in widget.f05_plot.points("f05")] == [1, 2]

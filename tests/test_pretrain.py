@@ -174,6 +174,32 @@ def test_stop_mid_epoch_then_resume_equals_an_uninterrupted_run(tmp_path, scroll
     assert [e.epoch for e in events if isinstance(e, EpochDone)] == [2, 3]
 
 
+def test_augmenting_in_the_read_ahead_thread_changes_nothing(tmp_path, scroll_dir, monkeypatch):
+    """On the CPU the views are augmented in the read-ahead thread, beside the training step; each batch's
+    augmentation is seeded by its step, so the run equals one that reads and augments in the loop."""
+    import threading
+
+    threads = []
+    real = pretrain_module.augment_batch
+
+    def recording(*args, **kwargs):
+        threads.append(threading.current_thread().name)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(pretrain_module, "augment_batch", recording)
+    two = OptimConfig(name="sgd", lr=0.05, warmup_epochs=0.0, accumulate=2)  # 2 micro-batches a step
+    ahead = tiny_config([scroll_dir], tmp_path / "ahead", prefetch=2, optim=two)
+    run_all(pretrain(ahead))
+    assert threads and set(threads) == {"tile-prefetch"}
+    threads.clear()
+    in_loop = tiny_config([scroll_dir], tmp_path / "in_loop", prefetch=0, optim=two)
+    run_all(pretrain(in_loop))
+    assert set(threads) == {threading.main_thread().name}
+    a, b = encoder_state(tmp_path / "ahead" / "last.pt"), encoder_state(tmp_path / "in_loop" / "last.pt")
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+
+
 def test_nan_loss_fails_and_keeps_the_last_good_checkpoint(tmp_path, scroll_dir, monkeypatch):
     real = pretrain_module.vicreg_loss
     calls = {"n": 0}

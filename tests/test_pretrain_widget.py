@@ -8,7 +8,7 @@ import threading
 from pathlib import Path
 
 from napari_vesuvius_pt.cli import main as cli_main
-from napari_vesuvius_pt.config import PretrainConfig, load_config
+from napari_vesuvius_pt.config import AugmentConfig, PretrainConfig, load_config
 from napari_vesuvius_pt.engine.events import StepDone
 from napari_vesuvius_pt.models.checkpoint import load_checkpoint
 from napari_vesuvius_pt.ui.pretrain_widget import PretrainWidget
@@ -164,3 +164,25 @@ def test_the_collapse_monitor_says_so_in_words(make_napari_viewer):
             assert not widget.collapse_note.isVisibleTo(widget)
     text = widget.collapse_note.text()
     assert "collapsing" in text and "176" in text and "40" in text and widget.collapse_note.isVisibleTo(widget)
+
+
+def test_augmentations_form_reaches_the_run_config_and_is_remembered(make_napari_viewer, scroll_dir, tmp_path):
+    viewer = make_napari_viewer()
+    _, widget = viewer.window.add_plugin_dock_widget("napari-vesuvius-pt", "Pretrain")
+    tiny(widget, scroll_dir, tmp_path / "run", epochs=1, steps=1)
+    form = widget.augment_form
+    assert not widget.augmentations.isExpanded()  # collapsed until asked for
+    # one typed field per AugmentConfig field, with the dataclass's default, help and range
+    assert list(form.fields) == [f.name for f in dataclasses.fields(AugmentConfig)]
+    assert type(form.fields["flip"]).__name__ == "CheckBox"
+    assert type(form.fields["holes"]).__name__ == "SpinBox" and form.fields["holes"].max == 32
+    assert form.fields["noise"].max == 1 and "noise" in form.fields["noise"].tooltip.lower()
+    form.fields["max_z_shift"].value = 1
+    form.fields["flip"].value = False
+    form.fields["noise"].value = 0.0
+    form.fields["big_holes"].value = 0
+    cfg = widget.build_config()
+    assert cfg.augment == dataclasses.replace(AugmentConfig(), max_z_shift=1, flip=False, noise=0.0, big_holes=0)
+    widget.close()
+    again = PretrainWidget(viewer)  # as at the next napari launch
+    assert again.augment_form.value() == cfg.augment

@@ -99,33 +99,38 @@ class TileConfig:
     min_mask_fraction: float = 1.0  # fraction of the tile inside the (eroded) mask; the seed used fully inside
 
 
+def knob(default: Any, help: str, low: float | None = None, high: float | None = None) -> Any:
+    """A config field with the help text and the range the widgets' forms show (``ui/config_form.py``)."""
+    return field(default=default, metadata={"help": help, "range": (low, high)})
+
+
 @dataclass
 class AugmentConfig:
     """The seed's recipe: z-shift, flips/rotations, shift-scale-rotate, intensity, blur/noise, holes."""
 
-    max_z_shift: int = 2  # each view starts 0..max_z_shift layers below the tile's z0
-    same_z_shift: bool = False  # both views share one offset
-    flip: bool = True
-    rotate90: bool = True
-    shift_scale_rotate: float = 0.75  # probability
-    max_shift: float = 0.15
-    max_scale: float = 0.15
-    max_rotate_deg: float = 45.0
-    grid_distortion: float = 0.3  # probability
-    grid_steps: int = 5  # cells per axis of the grid distortion
-    grid_limit: float = 0.3  # each cell's size changes by up to this fraction
-    brightness_contrast: float = 0.75  # probability
-    max_brightness: float = 0.2
-    max_contrast: float = 0.2
-    gamma: float = 0.3  # probability
-    max_gamma: float = 0.2  # gamma drawn in [1 - max_gamma, 1 + max_gamma]
-    noise: float = 0.4  # probability of Gaussian noise
-    noise_std: float = 0.05
-    blur: float = 0.4  # probability of Gaussian or motion blur
-    holes: int = 4  # small cut-out holes per view (up to)
-    hole_size: float = 0.06  # fraction of the tile side
-    big_holes: int = 1  # large holes per view (up to)
-    big_hole_size: float = 0.15
+    max_z_shift: int = knob(2, "Each view starts 0 to this many layers below the tile's first layer", 0, 16)
+    same_z_shift: bool = knob(False, "Both views share one z offset (no z-translation between them)")
+    flip: bool = knob(True, "Random horizontal and vertical flips")
+    rotate90: bool = knob(True, "Random 90° rotations in the plane")
+    shift_scale_rotate: float = knob(0.75, "Probability of a random shift, scale and rotation", 0, 1)
+    max_shift: float = knob(0.15, "Largest shift, as a fraction of the tile side", 0, 1)
+    max_scale: float = knob(0.15, "Largest scale change (1 ± this)", 0, 1)
+    max_rotate_deg: float = knob(45.0, "Largest rotation in degrees", 0, 180)
+    grid_distortion: float = knob(0.3, "Probability of a grid distortion", 0, 1)
+    grid_steps: int = knob(5, "Cells per axis of the grid distortion", 1, 32)
+    grid_limit: float = knob(0.3, "Each grid cell's size changes by up to this fraction", 0, 1)
+    brightness_contrast: float = knob(0.75, "Probability of a brightness and contrast change", 0, 1)
+    max_brightness: float = knob(0.2, "Largest brightness change", 0, 1)
+    max_contrast: float = knob(0.2, "Largest contrast change", 0, 1)
+    gamma: float = knob(0.3, "Probability of a gamma change", 0, 1)
+    max_gamma: float = knob(0.2, "Gamma drawn in [1 - this, 1 + this]", 0, 0.9)
+    noise: float = knob(0.4, "Probability of Gaussian noise", 0, 1)
+    noise_std: float = knob(0.05, "Standard deviation of the noise (normalised intensities)", 0, 1)
+    blur: float = knob(0.4, "Probability of a Gaussian or motion blur", 0, 1)
+    holes: int = knob(4, "Small cut-out holes per view (up to)", 0, 32)
+    hole_size: float = knob(0.06, "Side of a small hole, as a fraction of the tile side", 0, 1)
+    big_holes: int = knob(1, "Large cut-out holes per view (up to)", 0, 8)
+    big_hole_size: float = knob(0.15, "Side of a large hole, as a fraction of the tile side", 0, 1)
 
 
 @dataclass

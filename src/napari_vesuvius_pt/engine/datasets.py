@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import queue
 import threading
+import types
 from dataclasses import dataclass
 from typing import Any, Iterator, Sequence
 
@@ -330,6 +331,6 @@ def iterate_batches(loader: DataLoader, prefetch: int) -> Iterator:
 
 
 def close_batches(it: Iterator) -> None:
-    close = getattr(it, "close", None)
-    if isinstance(it, ThreadPrefetcher) and close is not None:
-        close()
+    """Stop a read-ahead thread, or a generator over one (a DataLoader's own iterator needs nothing)."""
+    if isinstance(it, (ThreadPrefetcher, types.GeneratorType)):
+        it.close()

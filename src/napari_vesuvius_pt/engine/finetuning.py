@@ -408,7 +408,7 @@ class _InkSteps:
     def start_epoch(self, partial: dict[str, Any] | None) -> None:
         self.model.train()
 
-    def losses(self, batch: tuple[Tensor, Tensor], aug_gen: torch.Generator) -> dict[str, Tensor]:
+    def augment(self, batch: tuple[Tensor, ...], aug_gen: torch.Generator) -> tuple[Tensor, Tensor, bool]:
         cfg, device = self.cfg, self.ctx.device
         tiles, labels, *weight = batch
         tiles = tiles.to(device, non_blocking=True)[:, None]
@@ -416,9 +416,14 @@ class _InkSteps:
         if weight:  # the weights move with the labels: one more channel through the same augmentation
             labels = torch.cat([labels, weight[0].to(device, non_blocking=True)[:, None]], dim=1)
         tiles, labels = augment_batch(tiles, labels, cfg.augment, aug_gen)
+        return tiles, labels, bool(weight)
+
+    def losses(self, batch: tuple[Tensor, Tensor, bool]) -> dict[str, Tensor]:
+        cfg = self.cfg
+        tiles, labels, weighted = batch
         with self.precision.autocast():
             logits = self.model(tiles)
-        if weight:
+        if weighted:
             return ink_loss(logits, labels[:, :1], cfg.bce_weight, cfg.label_smoothing, labels[:, 1:])
         return ink_loss(logits, labels, cfg.bce_weight, cfg.label_smoothing)
 

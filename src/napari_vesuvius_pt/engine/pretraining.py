@@ -90,13 +90,18 @@ class _VICRegSteps:
     def start_epoch(self, partial: dict[str, Any] | None) -> None:
         self.monitor = [t for t in ((partial or {}).get("monitor") or [])]
 
-    def losses(self, batch: tuple[Tensor, Tensor], aug_gen: torch.Generator) -> dict[str, Tensor]:
+    def augment(self, batch: tuple[Tensor, Tensor], aug_gen: torch.Generator) -> tuple[Tensor, Tensor]:
         cfg, device = self.cfg, self.ctx.device
         v1, v2 = batch
         v1 = v1.to(device, non_blocking=True)[:, None]
         v2 = v2.to(device, non_blocking=True)[:, None]
         v1, _ = augment_batch(v1, None, cfg.augment, aug_gen)
         v2, _ = augment_batch(v2, None, cfg.augment, aug_gen)
+        return v1, v2
+
+    def losses(self, batch: tuple[Tensor, Tensor]) -> dict[str, Tensor]:
+        cfg = self.cfg
+        v1, v2 = batch
         with self.precision.autocast():
             y1, _, z1, z2 = self.model(v1, v2)
         terms = vicreg_loss(z1, z2, cfg.vicreg.sim_coeff, cfg.vicreg.std_coeff, cfg.vicreg.cov_coeff)

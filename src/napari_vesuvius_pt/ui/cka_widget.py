@@ -33,6 +33,7 @@ POLL_MS = 10_000
 class CKAWidget(JobWidget):
     title = "CKA"
     cli_name = "cka"
+    engine_modules = ("napari_vesuvius_pt.engine.cka_run",)
     start_text = "Compute"
     part_name = "features"
     cli_hint = "Features are cached in the output folder: running it again after a new epoch adds one row."

@@ -24,6 +24,7 @@ from napari_vesuvius_pt.config import (
 )
 from napari_vesuvius_pt.engine.events import EpochDone, Event, PreviewReady
 from napari_vesuvius_pt.errors import ConfigError
+from napari_vesuvius_pt.ui.config_form import ConfigForm
 from napari_vesuvius_pt.ui.device_choice import DeviceChoice
 from napari_vesuvius_pt.ui.fields import (
     FILE_OR_FOLDER,
@@ -63,6 +64,7 @@ VALIDATION_CHOICES = (("regions", "regions drawn on a training fragment"), ("fra
 class FinetuneWidget(JobWidget):
     title = "Fine-tune"
     cli_name = "finetune"
+    engine_modules = ("napari_vesuvius_pt.engine.finetuning", "torch._dynamo")  # torch imports dynamo at the first optimizer (1 s)
     cli_hint = ("The run folder's config.yaml (the validation regions are kept beside it as val_region.json) "
                 "repeats this job headless, into a new folder; vesuvius-pt finetune --resume RUN continues it.")
 
@@ -135,6 +137,9 @@ class FinetuneWidget(JobWidget):
         a.addRow("steps", self.steps)
         a.addRow("lr", self.lr)
         a.addRow("normalize", self.normalization)
+        self.augment_form = ConfigForm(d.augment)  # typed fields from AugmentConfig (magicgui)
+        self.augmentations = self.add_section("Augmentations (z-shift, flips, intensity, holes)",
+                                              self.augment_form.native)
         self.validation.currentIndexChanged.connect(self._show_validation_fields)
         self.fragments.changed.connect(self._offer_region_fragments)
         self.region_on.currentIndexChanged.connect(self._region_fragment_chosen)
@@ -156,6 +161,7 @@ class FinetuneWidget(JobWidget):
             "epochs": self.epochs, "batch_size": self.batch_size, "steps": self.steps, "lr": self.lr,
             "normalization": self.normalization, "device": self.device, "run_folder": self.run_folder,
             "supervision_masks": self.supervision_masks, "ignore_masks": self.ignore_masks,
+            **self.augment_form.remembered("augment"),
         })
         self.run_folder.set_text(str(next_free_folder(self.run_folder.text() or DEFAULT_RUN)))
 
@@ -330,6 +336,7 @@ class FinetuneWidget(JobWidget):
                                       self.normalization.currentData()),
             tile=TileConfig(depth=self.tile_depth.value(), size=self.tile_size.value(),
                             stride=self.tile_stride.value(), min_mask_fraction=d.tile.min_mask_fraction),
+            augment=self.augment_form.value(),
             optim=merge(d.optim, lr=self.lr.value()),  # the defaults' warm-up and schedule, as the CLI has them
             epochs=self.epochs.value(),
             batch_size=self.batch_size.value(),

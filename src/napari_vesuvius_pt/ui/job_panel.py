@@ -35,6 +35,7 @@ from napari_vesuvius_pt.errors import ConfigError, VesuviusError
 from napari_vesuvius_pt.ui.notify import notify_error
 from napari_vesuvius_pt.ui.segment_registry import SegmentRegistry, registry_for
 from napari_vesuvius_pt.ui.settings import Remembered, remember
+from napari_vesuvius_pt.ui.warm_up import PLOT_FONTS, warm_up
 from napari_vesuvius_pt.ui.worker_bridge import IDLE, PAUSED, RUNNING, STOPPING, JobOutcome, JobRunner
 
 if TYPE_CHECKING:
@@ -164,6 +165,7 @@ class JobWidget(QWidget):
     cli_hint = ""  # said under the command in its tooltip
     part_name = "epoch"  # what the first progress bar counts
     start_text = "Start"
+    engine_modules: tuple[str, ...] = ()  # imported in the background when the dock opens (ui/warm_up.py)
 
     def __init__(self, napari_viewer, parent: QWidget | None = None) -> None:
         super().__init__(parent)
@@ -246,10 +248,20 @@ class JobWidget(QWidget):
         self.destroyed.connect(partial(_stop_orphaned, self.runner))
         self._show_state(IDLE)
 
+    def add_section(self, title: str, widget: QWidget) -> QCollapsible:
+        """A collapsed section holding ``widget``, under the Advanced settings (e.g. a ConfigForm)."""
+        section = QCollapsible(title)
+        section.setDuration(0)
+        section.addWidget(widget)
+        section.collapse(animate=False)
+        self.body_layout.insertWidget(self.body_layout.indexOf(self.advanced) + 1, section)
+        return section
+
     def finish_setup(self, remembered_fields: dict[str, Any]) -> None:
         """End of a subclass's ``__init__``: restore the fields saved at the last launch (and save every
         change from now on), and offer the segments loaded in the Segments widget."""
         self.advanced.setVisible(self.advanced_form.rowCount() > 0)
+        warm_up(*self.engine_modules, PLOT_FONTS)
         self.remembered = remember(self.title, remembered_fields)
         self.registry.changed.connect(self._registry_changed)
         self._registry_changed()

@@ -16,7 +16,6 @@ from napari_vesuvius_pt.config import (
     ENCODER_NAMES,
     NORMALIZATIONS,
     OPTIMIZERS,
-    AugmentConfig,
     EncoderConfig,
     OptimConfig,
     PretrainConfig,
@@ -24,6 +23,7 @@ from napari_vesuvius_pt.config import (
 )
 from napari_vesuvius_pt.engine.events import EpochDone, Event
 from napari_vesuvius_pt.errors import ConfigError
+from napari_vesuvius_pt.ui.config_form import ConfigForm
 from napari_vesuvius_pt.ui.device_choice import DeviceChoice
 from napari_vesuvius_pt.ui.fields import FILE, FILE_OR_FOLDER, FOLDER, PathField, PathList, combo, dspin, hrow, next_free_folder, spin
 from napari_vesuvius_pt.ui.job_panel import JobWidget
@@ -37,6 +37,7 @@ DEFAULT_RUN = Path(PretrainConfig().out)  # under config.DEFAULT_RUNS_DIR
 class PretrainWidget(JobWidget):
     title = "Pretrain"
     cli_name = "pretrain"
+    engine_modules = ("napari_vesuvius_pt.engine.pretraining", "torch._dynamo")  # torch imports dynamo at the first optimizer (1 s)
     cli_hint = ("The run folder's config.yaml repeats this job headless, into a new folder; "
                 "vesuvius-pt pretrain --resume RUN continues the run instead.")
 
@@ -57,10 +58,6 @@ class PretrainWidget(JobWidget):
         self.steps.setSpecialValueText("one pass over the tiles")
         self.optimizer = combo(OPTIMIZERS, d.optim.name)
         self.lr = dspin(1e-6, 10.0, d.optim.lr, 5, 0.005)
-        self.z_shift = spin(0, 16, d.augment.max_z_shift, "Each view starts up to this many layers deeper")
-        self.holes = spin(0, 32, d.augment.holes, "Small cut-out holes per view (up to)")
-        self.big_holes = spin(0, 8, d.augment.big_holes, "Large cut-out holes per view (up to)", suffix=" large")
-        self.holes.setSuffix(" small")
         self.normalization = combo(NORMALIZATIONS, d.data.normalization, "Intensity normalization of the tiles")
         self.device = DeviceChoice()
         self.run_folder = PathField(FOLDER, "run folder", title="Run folder")
@@ -84,8 +81,11 @@ class PretrainWidget(JobWidget):
         a.addRow("tile", hrow(self.tile_depth, "×", self.tile_size, "stride", self.tile_stride))
         a.addRow("steps", self.steps)
         a.addRow("optimizer", hrow(self.optimizer, "lr", self.lr))
-        a.addRow("z-shift", hrow(self.z_shift, "holes", self.holes, "+", self.big_holes))
         a.addRow("normalize", self.normalization)
+        # the two views' z-shift and every augmentation, typed fields from AugmentConfig (magicgui)
+        self.augment_form = ConfigForm(d.augment)
+        self.augmentations = self.add_section("Augmentations (z-shift, flips, intensity, holes)",
+                                              self.augment_form.native)
 
         self.loss_plot = LivePlot([Panel("VICReg loss and its terms", ["loss", *TERMS], log=True)],
                                   xlabel="step", height_per_panel=2.0)
@@ -106,8 +106,8 @@ class PretrainWidget(JobWidget):
         self.finish_setup({
             "encoder": self.encoder, "widen": self.widen, "tile_depth": self.tile_depth, "tile_size": self.tile_size,
             "tile_stride": self.tile_stride, "epochs": self.epochs, "batch_size": self.batch_size, "steps": self.steps,
-            "optimizer": self.optimizer, "lr": self.lr, "z_shift": self.z_shift, "holes": self.holes,
-            "big_holes": self.big_holes, "normalization": self.normalization, "device": self.device,
+            "optimizer": self.optimizer, "lr": self.lr, **self.augment_form.remembered("augment"),
+            "normalization": self.normalization, "device": self.device,
             "run_folder": self.run_folder,
         })
         self.run_folder.set_text(str(next_free_folder(self.run_folder.text() or DEFAULT_RUN)))
@@ -141,8 +141,7 @@ class PretrainWidget(JobWidget):
             data=self.data_config_for(segments, self.normalization.currentData()),
             tile=TileConfig(depth=self.tile_depth.value(), size=self.tile_size.value(),
                             stride=self.tile_stride.value(), min_mask_fraction=d.tile.min_mask_fraction),
-            augment=AugmentConfig(max_z_shift=self.z_shift.value(), holes=self.holes.value(),
-                                  big_holes=self.big_holes.value()),
+            augment=self.augment_form.value(),
             optim=OptimConfig(name=self.optimizer.currentData(), lr=self.lr.value()),
             epochs=self.epochs.value(),
             batch_size=self.batch_size.value(),

@@ -101,11 +101,11 @@ def _accessors(field: Any):
         return field.text, lambda v: field.setText(str(v)), field.textChanged
     if hasattr(field, "set_text") and hasattr(field, "changed"):
         return field.text, lambda v: field.set_text(str(v)), field.changed
+    if hasattr(field, "changed") and isinstance(getattr(type(field), "value", None), property):  # magicgui
+        return lambda: field.value, lambda v: setattr(field, "value", v), field.changed
     if hasattr(field, "set_value") and hasattr(field, "value"):
         signal = getattr(field, "changed", None) or getattr(field, "currentIndexChanged", None)
         return field.value, field.set_value, signal
-    if hasattr(field, "changed") and hasattr(type(field), "value"):  # magicgui ValueWidget
-        return lambda: field.value, lambda v: setattr(field, "value", v), field.changed
     raise TypeError(f"cannot remember a {type(field).__name__}: no known value accessors")
 
 
