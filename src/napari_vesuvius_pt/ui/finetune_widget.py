@@ -108,12 +108,14 @@ class FinetuneWidget(JobWidget):
         self.device = DeviceChoice()
         self.run_folder = PathField(FOLDER, "run folder", title="Run folder")
         self.resume = QCheckBox("continue the run in this folder")
-        self.supervision_masks = QCheckBox("only supervised pixels count (the fragments' supervision masks)")
+        self.supervision_masks = QCheckBox("supervised pixels only")
         self.supervision_masks.setChecked(d.supervision_masks)
-        self.supervision_masks.setToolTip("villa's <id>_supervision_mask: only its pixels count in the loss and scores")
-        self.ignore_masks = QCheckBox("leave out ignored pixels (the fragments' ignore masks)")
+        self.supervision_masks.setToolTip("The fragments' supervision masks (villa's <id>_supervision_mask): only their pixels count in "
+                                          "the loss and scores")
+        self.ignore_masks = QCheckBox("leave out ignored pixels")
         self.ignore_masks.setChecked(d.ignore_masks)
-        self.ignore_masks.setToolTip("<id>_ignore_mask: its pixels (mislabeled, unsure) leave the loss and scores")
+        self.ignore_masks.setToolTip("The fragments' ignore masks (<id>_ignore_mask): their pixels (mislabeled, unsure) leave the "
+                                     "loss and scores")
 
         f = self.form
         f.addRow("fragments", self.fragments)
