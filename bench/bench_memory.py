@@ -2,13 +2,15 @@
 
     python bench/bench_memory.py --quick     # planes 768^2, 1536^2, 2304^2 (area 1x, 4x, 9x)
     python bench/bench_memory.py             # planes 1024^2, 2048^2, 3072^2
+    python bench/bench_memory.py --segments 38 --kinds pretrain --planes 1024,2048   # many segments
 
 Each run is its own process. Reported above the process's baseline (imports done, model built): the
 peak of anonymous memory (``RssAnon``: what the run really holds) and the peak of mapped file pages
 (``RssFile``: memory-mapped TIFF layers, which the kernel drops under pressure), sampled every 5 ms
 (``bench/_memory.py``); and ``VmHWM``, the peak RSS that ``ru_maxrss`` and top show (their sum).
 Predict: one segment, a tiny model over the whole plane. Finetune: 3 fragments, 3 steps, a small
-validation region. Pretrain: 3 segments, 3 steps. Goal: anonymous peak flat in the segment's size.
+validation region. Pretrain: 3 segments (``--segments``), 3 steps. Goal: anonymous peak flat in the
+segment's size.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -82,6 +85,7 @@ def main() -> int:
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--planes", help="comma-separated plane sides instead (e.g. 256,384)")
     p.add_argument("--kinds", default="predict,finetune,pretrain", help="which runs (comma-separated)")
+    p.add_argument("--segments", type=int, default=3, help="segments (fragments) that pretrain (finetune) open")
     p.add_argument("--child", choices=("predict", "finetune", "pretrain"), help=argparse.SUPPRESS)
     p.add_argument("--paths", help=argparse.SUPPRESS)
     p.add_argument("--out", help=argparse.SUPPRESS)
@@ -106,9 +110,10 @@ def main() -> int:
     results: dict[str, list[float]] = {}
     for plane in planes:
         mask = ellipse_mask(plane, plane)
-        frags = [str(write_big_fragment(work / f"f{plane}_{i}", LAYERS, mask, seed=i)) for i in range(3)]
+        frags = [str(write_big_fragment(work / f"f{plane}_{i}", LAYERS, mask, seed=i)) for i in range(args.segments)]
         for kind in args.kinds.split(","):
             paths = frags[:1] if kind == "predict" else frags
+            shutil.rmtree(work / f"out_{kind}_{plane}", ignore_errors=True)  # a fresh run each time
             cmd = [sys.executable, str(HERE), "--child", kind, "--paths", json.dumps(paths),
                    "--out", str(work / f"out_{kind}_{plane}"), "--threads", str(args.threads), "--plane", str(plane)]
             proc = subprocess.run(cmd, capture_output=True, text=True)
@@ -125,7 +130,8 @@ def main() -> int:
         if len(anon) == len(planes):
             print(f"{kind}: anonymous peak {anon[0]:.0f} -> {anon[-1]:.0f} MB for {area:.0f}x the area "
                   f"({anon[-1] / max(anon[0], 1.0):.2f}x)")
-    print(f"\nload {os.getloadavg()[0]:.1f}; `python bench/bench_memory.py{' --quick' if args.quick else ''}`")
+    flags = " ".join(a for a in sys.argv[1:])
+    print(f"\nload {os.getloadavg()[0]:.1f}; `python bench/bench_memory.py {flags}`")
     return 0
 
 

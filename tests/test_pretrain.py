@@ -200,6 +200,18 @@ def test_augmenting_in_the_read_ahead_thread_changes_nothing(tmp_path, scroll_di
         assert torch.equal(a[k], b[k]), k
 
 
+def test_pretraining_sources_hold_no_full_size_planes(tmp_path, fragment_dir):
+    """Memory flat in the number of segments: once the tile grid is built, a pretraining segment keeps
+    its lazy volume and drops its mask and ink labels (2 bytes a pixel for the whole run)."""
+    cfg = tiny_config([fragment_dir], tmp_path / "run")
+    (source,) = pretrain_module._open_sources(cfg, {})
+    assert len(source.grid) > 0
+    assert source.segment.mask is None and source.segment.inklabels is None
+    with pytest.raises(RuntimeError, match="released"):
+        source.segment.papyrus_mask()  # never silently "all papyrus" after the release
+    assert source.segment.read_tile(0, 0, 0, 4, 8).shape == (4, 8, 8)
+
+
 def test_nan_loss_fails_and_keeps_the_last_good_checkpoint(tmp_path, scroll_dir, monkeypatch):
     real = pretrain_module.vicreg_loss
     calls = {"n": 0}

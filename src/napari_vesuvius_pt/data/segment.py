@@ -125,8 +125,19 @@ class Segment:
             scored = scored & ~self.ignore_mask
         return scored
 
+    def release_planes(self) -> None:
+        """Drop the 2D images (mask, ink labels, infrared, training masks) once a run has taken what it
+        needs from them (pretraining: the tile grid): about 2 bytes a pixel each segment would hold for
+        the whole run, 10 GB for 38 segments of fragment 2's size. Reading tiles needs only the volume."""
+        self.mask = self.inklabels = self.ir = None
+        self.supervision_mask = self.validation_mask = self.ignore_mask = None
+        self._papyrus = None
+        self._released = True
+
     def papyrus_mask(self) -> np.ndarray:
         """The mask, or all True when the segment has none."""
+        if getattr(self, "_released", False):
+            raise RuntimeError(f"{self.name}: its mask was released (release_planes) after the tile grid was built")
         if self.mask is not None:
             return self.mask
         if self._papyrus is None:

@@ -57,8 +57,10 @@ def open_source(
     erosion: int = 0,
     normalization_params: dict[str, float] | None = None,
     need_labels: bool = False,
+    keep_planes: bool = True,
 ) -> TileSource:
-    """Open ``path`` with the run's data options and lay a tile grid inside its mask."""
+    """Open ``path`` with the run's data options and lay a tile grid inside its mask; without
+    ``keep_planes`` the segment's 2D images are dropped once the grid is built (``release_planes``)."""
     segment = open_from_config(path, data)
     layers = segment.shape[0]
     if tile.depth + max_shift > layers:
@@ -79,6 +81,9 @@ def open_source(
     if not np.any(mask):
         raise SegmentError(f"{segment.name} ({path}): the mask is empty; there is no papyrus to take tiles from")
     grid = TileGrid.from_mask(mask, tile.size, tile.stride, tile.min_mask_fraction, erosion)
+    if not keep_planes:
+        del mask
+        segment.release_planes()
     return TileSource(str(path), segment, normalizer, grid, centred_z0(layers, tile.depth, max_shift))
 
 

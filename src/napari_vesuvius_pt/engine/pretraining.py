@@ -171,7 +171,7 @@ def _open_sources(cfg: PretrainConfig, saved_norm: dict[str, dict[str, float]]) 
     """The segments with their tile grids; a resumed run keeps the normalization it was fitted with."""
     return [
         open_source(p, cfg.data, cfg.tile, int(cfg.augment.max_z_shift), cfg.mask_erosion,
-                    saved_norm.get(str(p)) or cfg.data.normalization_params)
+                    saved_norm.get(str(p)) or cfg.data.normalization_params, keep_planes=False)
         for p in cfg.segments
     ]
 
