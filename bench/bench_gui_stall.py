@@ -110,6 +110,50 @@ def ink_checkpoint(path: Path, seed: int) -> Path:
     })
 
 
+def _timed(cls, attr: str, beat: "Heartbeat", label, min_ms: float = 0.0) -> None:
+    """Wrap ``cls.attr`` to print when each call started (from the phase's start) and how long it took."""
+    real = getattr(cls, attr)
+
+    def wrapper(self, *args, **kwargs):
+        t0 = time.perf_counter()
+        out = real(self, *args, **kwargs)
+        took = (time.perf_counter() - t0) * 1000
+        if took >= min_ms:
+            print(f"      +{t0 - beat.t_start:.2f} s {label(*args)} took {took:.0f} ms", flush=True)
+        return out
+
+    setattr(cls, attr, wrapper)
+
+
+def log_timeline(beat: "Heartbeat") -> None:
+    """``STALL_WHEN=1``: each event the GUI thread handles, canvas draws and plot renders, and garbage
+    collections over 10 ms, with their times, to set beside the long gaps."""
+    import gc
+
+    from napari._vispy.canvas import VispyCanvas
+    from vispy.scene import SceneCanvas
+
+    from napari_vesuvius_pt.ui.background_canvas import BackgroundCanvas
+    from napari_vesuvius_pt.ui.job_panel import JobWidget
+
+    _timed(JobWidget, "_dispatch_event", beat, lambda event: f"{type(event).__name__} handled")
+    _timed(VispyCanvas, "on_draw", beat, lambda *_: "napari canvas on_draw", min_ms=20)
+    _timed(SceneCanvas, "on_draw", beat, lambda *_: "vispy scene draw", min_ms=20)
+    _timed(BackgroundCanvas, "_render", beat, lambda: "plot render")
+    gc_start: dict[str, float] = {}
+
+    def gc_timer(phase, info):
+        if phase == "start":
+            gc_start["t"] = time.perf_counter()
+        elif "t" in gc_start:
+            took = (time.perf_counter() - gc_start["t"]) * 1000
+            if took > 10:
+                print(f"      +{gc_start['t'] - beat.t_start:.2f} s gc generation {info['generation']} took {took:.0f} ms "
+                      f"in {threading.current_thread().name}", flush=True)
+
+    gc.callbacks.append(gc_timer)
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--append", action="store_true", help="append the table to bench/RESULTS.md")
@@ -180,60 +224,8 @@ def main(argv=None) -> int:
         pump(3.0)  # the stop / close and what follows it on the GUI thread
         rows.append((job, "stopped" if then.__name__ == "stop" else "closed mid-run", beat.stop()))
 
-    if os.environ.get("STALL_WHEN"):  # log each event the GUI thread handles, with how long it took
-        from napari_vesuvius_pt.ui.job_panel import JobWidget
-
-        real_dispatch = JobWidget._dispatch_event
-
-        def logged(self, event):
-            t0 = time.perf_counter()
-            real_dispatch(self, event)
-            took = (time.perf_counter() - t0) * 1000
-            print(f"      +{t0 - beat.t_start:.2f} s {type(event).__name__} handled in {took:.0f} ms", flush=True)
-
-        JobWidget._dispatch_event = logged
-        from napari._vispy.canvas import VispyCanvas
-        from vispy.scene import SceneCanvas
-
-        real_draw = VispyCanvas.on_draw
-        real_scene_draw = SceneCanvas.on_draw
-
-        def timed(name, real):
-            def draw(self, event=None):
-                t0 = time.perf_counter()
-                real(self, event)
-                took = (time.perf_counter() - t0) * 1000
-                if took > 20:
-                    print(f"      +{t0 - beat.t_start:.2f} s {name} took {took:.0f} ms", flush=True)
-            return draw
-
-        VispyCanvas.on_draw = timed("napari canvas on_draw", real_draw)
-        from napari_vesuvius_pt.ui.background_canvas import BackgroundCanvas
-
-        real_render = BackgroundCanvas._render
-
-        def render(self):
-            t0 = time.perf_counter()
-            real_render(self)
-            print(f"      +{t0 - beat.t_start:.2f} s plot render took {(time.perf_counter() - t0) * 1000:.0f} ms",
-                  flush=True)
-
-        BackgroundCanvas._render = render
-        import gc
-
-        gc_start = {}
-
-        def gc_timer(phase, info):
-            if phase == "start":
-                gc_start["t"] = time.perf_counter()
-            elif "t" in gc_start:
-                took = (time.perf_counter() - gc_start["t"]) * 1000
-                if took > 10:
-                    print(f"      +{gc_start['t'] - beat.t_start:.2f} s gc generation {info['generation']} took {took:.0f} ms "
-                          f"in {threading.current_thread().name}", flush=True)
-
-        gc.callbacks.append(gc_timer)
-        SceneCanvas.on_draw = timed("vispy scene draw", real_scene_draw)
+    if os.environ.get("STALL_WHEN"):
+        log_timeline(beat)
     viewer = napari.Viewer(show=True)
     run = work / "vicreg"
     w = pretrain_widget(viewer, run, args.epochs, 4)

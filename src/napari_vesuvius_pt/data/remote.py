@@ -81,6 +81,18 @@ def is_url(path: Any) -> bool:
     return re.match(r"^(https?|s3)://[^/]", path.strip(), flags=re.IGNORECASE) is not None
 
 
+def location_key(path: str | Path) -> str:
+    """What identifies a segment's location: a URL as written (without a trailing /), a path absolute
+    and resolved; two spellings of one segment get one key."""
+    if is_url(path):
+        return str(path).strip().rstrip("/")
+    p = Path(path).expanduser()
+    try:
+        return str(p.resolve())
+    except OSError:
+        return str(p.absolute())
+
+
 def url_name(url: str) -> str:
     """The last path part of a URL without ``.zarr`` (the segment's name)."""
     part = urlsplit(url).path.rstrip("/").rsplit("/", 1)[-1] or urlsplit(url).netloc

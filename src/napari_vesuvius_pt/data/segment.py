@@ -63,6 +63,7 @@ class Segment:
         self.storage = storage  # e.g. "65 uncompressed TIFF layers (memory-mapped)" or zarr chunking
         self.attrs = dict(attrs or {})  # metadata stored with the segment (zarr attrs), else empty
         self._papyrus: np.ndarray | None = None
+        self._released = False  # release_planes() was called: the 2D images are gone
         # training masks (bool (y, x) or None; villa's layout ships them, see data.layouts):
         self.supervision_mask: np.ndarray | None = None  # the pixels that count in the loss and metrics
         self.validation_mask: np.ndarray | None = None  # a validation region
@@ -136,7 +137,7 @@ class Segment:
 
     def papyrus_mask(self) -> np.ndarray:
         """The mask, or all True when the segment has none."""
-        if getattr(self, "_released", False):
+        if self._released:
             raise RuntimeError(f"{self.name}: its mask was released (release_planes) after the tile grid was built")
         if self.mask is not None:
             return self.mask

@@ -240,15 +240,6 @@ def region_fragment(path: str | Path) -> tuple[str | None, str | None]:
     return (str(name) if name else None), (str(where) if where else None)
 
 
-def _same_file(a: str | Path, b: str | Path) -> bool:
-    if "://" in str(a) or "://" in str(b):
-        return str(a).rstrip("/") == str(b).rstrip("/")
-    try:
-        return Path(a).resolve() == Path(b).resolve()
-    except OSError:
-        return False
-
-
 def region_owner(fragments: Sequence[Any], region_file: str | Path) -> int:
     """Index among ``fragments`` (segments or tile sources: ``.name`` and ``.path``) of the one a validation
     region file was drawn on: the one it names (by path, else by name); the first when it names none
@@ -257,8 +248,10 @@ def region_owner(fragments: Sequence[Any], region_file: str | Path) -> int:
     if name is None and where is None:
         return 0
     if where is not None:
+        from napari_vesuvius_pt.data.remote import location_key
+
         for i, s in enumerate(fragments):
-            if _same_file(s.path, where):
+            if location_key(s.path) == location_key(where):
                 return i
     matches = [i for i, s in enumerate(fragments) if name is not None and name in (s.name, Path(str(s.path)).name)]
     if len(matches) == 1:

@@ -32,8 +32,8 @@ from napari_vesuvius_pt.analysis.baseline import (
 )
 from napari_vesuvius_pt.analysis.metrics import BinaryMetrics
 from napari_vesuvius_pt.config import DataConfig
-from napari_vesuvius_pt.errors import AnalysisInputError, ConfigError, SegmentError
 from napari_vesuvius_pt.data.tiles import region_owner
+from napari_vesuvius_pt.errors import AnalysisInputError, ConfigError, SegmentError
 
 DEFAULT_DATA = DataConfig(normalization="zscore")
 
@@ -92,8 +92,8 @@ def linear_baseline(fragments: Sequence[str | Path], val_fragment: str | Path | 
         raise ConfigError("give either a validation fragment (--val-fragment) or a validation region "
                           "on the first fragment (--val-region), exactly one")
     segs = [_open(p, data) for p in fragments]
-    owner = region_owner(segs, val_region) if val_region is not None else -1
-    val_seg = segs[owner] if val_region is not None else _open(val_fragment, data)
+    owner = region_owner(segs, val_region) if val_region is not None else None  # the fragment it splits
+    val_seg = segs[owner] if owner is not None else _open(val_fragment, data)
     nzs = [s.shape[0] for s in [*segs, val_seg]]
     depth = int(depth or min(nzs))
     if depth < 1 or depth > min(nzs):

@@ -47,6 +47,7 @@ from napari_vesuvius_pt.ui.layers import (
 )
 from napari_vesuvius_pt.ui.plots import LivePlot, Panel
 from napari_vesuvius_pt.ui.segment_registry import TRAIN, VALIDATION
+from napari_vesuvius_pt.ui.warm_up import FIRST_OPTIMIZER
 
 REGIONS_LAYER = "validation regions"
 PREVIEW_LAYER = "ink preview"
@@ -64,7 +65,7 @@ VALIDATION_CHOICES = (("regions", "regions drawn on a training fragment"), ("fra
 class FinetuneWidget(JobWidget):
     title = "Fine-tune"
     cli_name = "finetune"
-    engine_modules = ("napari_vesuvius_pt.engine.finetuning", "torch._dynamo")  # torch imports dynamo at the first optimizer (1 s)
+    engine_modules = ("napari_vesuvius_pt.engine.finetuning", FIRST_OPTIMIZER)
     cli_hint = ("The run folder's config.yaml (the validation regions are kept beside it as val_region.json) "
                 "repeats this job headless, into a new folder; vesuvius-pt finetune --resume RUN continues it.")
 
@@ -134,7 +135,7 @@ class FinetuneWidget(JobWidget):
         a = self.advanced_form
         a.addRow("masks", self.supervision_masks)
         a.addRow("", self.ignore_masks)
-        a.addRow("output stride", self.output_stride)
+        a.addRow("out stride", self.output_stride)
         a.addRow("tile", hrow(self.tile_depth, "×", self.tile_size, "stride", self.tile_stride))
         a.addRow("steps", self.steps)
         a.addRow("lr", self.lr)
@@ -223,11 +224,8 @@ class FinetuneWidget(JobWidget):
         return chosen if chosen in fragments else fragments[0]
 
     def region_fragment_name(self) -> str:
-        """The name the engine knows the region fragment by (the Segments widget's, else the folder's; the
-        engine matches the saved path first, so nothing is opened here, on the GUI thread)."""
-        path = self.region_fragment()
-        entry = self.registry.get(path)
-        return entry.name if entry is not None else Path(path.rstrip("/")).name
+        """The name the engine knows the region fragment by (it matches the saved path first)."""
+        return self.registry.name_of(self.region_fragment())
 
     def _fragment_layer(self, path: str | None):
         if path is None:

@@ -141,6 +141,14 @@ def _stop_orphaned(runner: JobRunner, *_args: Any) -> None:
     runner.detach()
 
 
+def _collapsed(title: str, widget: QWidget) -> QCollapsible:
+    section = QCollapsible(title)
+    section.setDuration(0)  # no animation: it would re-lay out the dock for 300 ms
+    section.addWidget(widget)
+    section.collapse(animate=False)
+    return section
+
+
 def remote_flags(paths: list[str]) -> list[str]:
     """The CLI's remote-segment flags (--cache, --cache-size, --s3-endpoint) as this napari has them set
     (the Segments widget's cache fields), when one of ``paths`` is a URL; none otherwise."""
@@ -194,10 +202,7 @@ class JobWidget(QWidget):
         self.advanced_form = QFormLayout(self.advanced_box)
         self.advanced_form.setContentsMargins(0, 0, 0, 0)
         self.advanced_form.setFieldGrowthPolicy(QFormLayout.FieldGrowthPolicy.AllNonFixedFieldsGrow)
-        self.advanced = QCollapsible("Advanced settings")
-        self.advanced.setDuration(0)  # no animation: it would re-lay out the dock for 300 ms
-        self.advanced.addWidget(self.advanced_box)
-        self.advanced.collapse(animate=False)
+        self.advanced = _collapsed("Advanced settings", self.advanced_box)
         self.body_layout.addWidget(self.advanced)
 
         self.start_button = QPushButton(self.start_text)
@@ -250,10 +255,7 @@ class JobWidget(QWidget):
 
     def add_section(self, title: str, widget: QWidget) -> QCollapsible:
         """A collapsed section holding ``widget``, under the Advanced settings (e.g. a ConfigForm)."""
-        section = QCollapsible(title)
-        section.setDuration(0)
-        section.addWidget(widget)
-        section.collapse(animate=False)
+        section = _collapsed(title, widget)
         self.body_layout.insertWidget(self.body_layout.indexOf(self.advanced) + 1, section)
         return section
 

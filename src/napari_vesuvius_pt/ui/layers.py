@@ -8,14 +8,11 @@ from typing import Any
 
 import numpy as np
 
+from napari_vesuvius_pt.data.remote import location_key
+
 
 def _same_path(a: Any, b: str | Path) -> bool:
-    if not a:
-        return False
-    try:
-        return Path(str(a)).expanduser().resolve() == Path(b).expanduser().resolve()
-    except OSError:
-        return False
+    return bool(a) and bool(b) and location_key(str(a)) == location_key(b)
 
 
 def is_layer(layer: Any, kind: str) -> bool:

@@ -316,8 +316,7 @@ class PredictWidget(JobWidget):
             from napari_vesuvius_pt.data.tiles import save_regions
 
             Path(config.region).parent.mkdir(parents=True, exist_ok=True)
-            entry = self.registry.get(config.segment)
-            save_regions(config.region, polygons, fragment=entry.name if entry else Path(config.segment).name,
+            save_regions(config.region, polygons, fragment=self.registry.name_of(config.segment),
                          fragment_path=config.segment)
         self.table.setRowCount(0)
         if self._cancel_layout is not None:

@@ -29,6 +29,7 @@ from napari_vesuvius_pt.ui.fields import FILE, FILE_OR_FOLDER, FOLDER, PathField
 from napari_vesuvius_pt.ui.job_panel import JobWidget
 from napari_vesuvius_pt.ui.plots import LivePlot, Panel
 from napari_vesuvius_pt.ui.segment_registry import PRETRAIN
+from napari_vesuvius_pt.ui.warm_up import FIRST_OPTIMIZER
 
 TERMS = ("invariance", "variance", "covariance")
 DEFAULT_RUN = Path(PretrainConfig().out)  # under config.DEFAULT_RUNS_DIR
@@ -37,7 +38,7 @@ DEFAULT_RUN = Path(PretrainConfig().out)  # under config.DEFAULT_RUNS_DIR
 class PretrainWidget(JobWidget):
     title = "Pretrain"
     cli_name = "pretrain"
-    engine_modules = ("napari_vesuvius_pt.engine.pretraining", "torch._dynamo")  # torch imports dynamo at the first optimizer (1 s)
+    engine_modules = ("napari_vesuvius_pt.engine.pretraining", FIRST_OPTIMIZER)
     cli_hint = ("The run folder's config.yaml repeats this job headless, into a new folder; "
                 "vesuvius-pt pretrain --resume RUN continues the run instead.")
 

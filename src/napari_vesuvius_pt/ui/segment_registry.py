@@ -24,7 +24,7 @@ from typing import Any, Iterator
 from psygnal import Signal
 
 from napari_vesuvius_pt.config import DataConfig
-from napari_vesuvius_pt.data.remote import is_url
+from napari_vesuvius_pt.data.remote import location_key
 from napari_vesuvius_pt.errors import ConfigError
 
 PRETRAIN = "pretraining segment"
@@ -34,15 +34,7 @@ ROLES = (PRETRAIN, TRAIN, VALIDATION)
 LABELED_ROLES = (TRAIN, VALIDATION)  # roles that need ink labels
 
 
-def path_key(path: str | Path) -> str:
-    """The key of a segment path: absolute and resolved, as a string (a URL as it is)."""
-    if is_url(path):
-        return str(path).strip().rstrip("/")
-    p = Path(path).expanduser()
-    try:
-        return str(p.resolve())
-    except OSError:
-        return str(p.absolute())
+path_key = location_key  # the registry's key of a segment path (data.remote.location_key)
 
 
 @dataclass(frozen=True)
@@ -111,6 +103,12 @@ class SegmentRegistry:
 
     def get(self, path: str | Path) -> LoadedSegment | None:
         return self._entries.get(path_key(path))
+
+    def name_of(self, path: str | Path) -> str:
+        """The name the engine knows the segment at ``path`` by: its entry's, else the folder's (nothing
+        is opened, so this is safe on the GUI thread)."""
+        entry = self.get(path)
+        return entry.name if entry is not None else Path(str(path).rstrip("/")).name
 
     def add(self, entry: LoadedSegment) -> LoadedSegment:
         """Add ``entry``, replacing the entry of the same path if there is one; ConfigError for a role the

@@ -254,8 +254,8 @@ class SegmentsWidget(QWidget):
         self.z_window.setValue((0, n_layers))
         self.z_window.blockSignals(False)
 
-    def _z_window_changed(self, value: tuple[int, int]) -> None:
-        start, stop = (int(round(v)) for v in value)
+    def _z_window_changed(self, _value: tuple[int, int]) -> None:
+        start, stop = self.z_range()
         if stop <= start:  # the handles met: keep at least one layer
             top = int(self.z_window.maximum())
             start, stop = (start, start + 1) if start < top else (top - 1, top)

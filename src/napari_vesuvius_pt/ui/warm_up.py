@@ -30,6 +30,7 @@ _lock = threading.Lock()
 
 
 PLOT_FONTS = "matplotlib fonts"  # a warm-up that draws a small figure with text, off screen
+FIRST_OPTIMIZER = "torch._dynamo"  # what torch imports when a run builds its first optimizer (1.0 s)
 
 
 def warm_up(*modules: str) -> threading.Thread | None:
@@ -67,5 +68,6 @@ def _run_all(modules: list[str]) -> None:
                 importlib.import_module(name)
         except Exception as exc:  # the job's own import reports it, with the job's error handling
             log.debug("warm-up of %s failed: %s", name, exc)
-    gc.collect()  # what is garbage now goes, here, before the job; the rest is frozen
+    # no gc.collect() first: a full pass holds the interpreter lock 0.3 s, the very stall this avoids
+    # (it landed in a job started 1.5 s after the dock opened); freezing is a list splice
     gc.freeze()
